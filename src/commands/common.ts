@@ -1,0 +1,84 @@
+/**
+ * What every subcommand shares: global flags, config loading, backend start-up, one-line errors with
+ * exit codes (2 bad config/input, 1 failure, 130 interrupted), and the end-of-run summary table.
+ */
+import Table from 'cli-table3';
+import type { Argv } from 'yargs';
+import type { z } from 'zod';
+import { type BackendName, BACKENDS, initBackend } from '../backend/index.js';
+import { ConfigError, loadConfig } from '../config/load.js';
+import { type LogLevel, log, setupLogger } from '../util/log.js';
+
+export interface GlobalArgs {
+  config?: string;
+  set?: string[];
+  backend: BackendName;
+  seed?: number;
+  'log-level': LogLevel;
+  json: boolean;
+}
+
+export function globalOptions<T>(y: Argv<T>) {
+  return y
+    .option('config', { alias: 'c', type: 'string', describe: 'YAML or JSON config file' })
+    .option('set', { type: 'string', array: true, describe: 'override a config field: --set train.max_steps=100' })
+    .option('backend', { type: 'string', choices: BACKENDS as BackendName[], default: 'auto' as BackendName, describe: 'tensorflow (GPU/CPU native) > wasm > cpu' })
+    .option('seed', { type: 'number', describe: 'random seed (training batches, init, sampling)' })
+    .option('log-level', { type: 'string', choices: ['trace', 'debug', 'info', 'warn', 'error', 'silent'] as LogLevel[], default: 'info' as LogLevel })
+    .option('json', { type: 'boolean', default: false, describe: 'print the summary as JSON on stdout' });
+}
+
+/** Thrown for bad user input that is not a config field (missing file, malformed row): exit code 2. */
+export class InputError extends Error {}
+
+export function loadStageConfig<S extends z.ZodType>(schema: S, args: GlobalArgs, extra: Record<string, unknown> = {}): z.infer<S> {
+  return loadConfig(schema, args.config, args.set ?? [], extra);
+}
+
+export async function startBackend(args: GlobalArgs): Promise<void> {
+  const info = await initBackend(args.backend);
+  for (const t of info.tried) log().info({ backend: t.name, reason: t.error }, 'backend unavailable, falling back');
+  log().info({ backend: info.name, detail: info.detail }, `using tfjs backend: ${info.name}`);
+}
+
+/** Wrap a command handler: logger, error → one line on stderr + exit code. */
+export function handler<A extends GlobalArgs>(name: string, run: (args: A) => Promise<void>): (args: A) => Promise<void> {
+  return async (args: A) => {
+    setupLogger(args['log-level']);
+    try {
+      await run(args);
+    } catch (err) {
+      const e = err as Error;
+      const code = e instanceof ConfigError || e instanceof InputError || isInputError(e) ? 2 : 1;
+      process.stderr.write(`llmctl ${name}: ${oneLine(e.message)}\n`);
+      if (args['log-level'] === 'debug' || args['log-level'] === 'trace') process.stderr.write(`${e.stack}\n`);
+      process.exitCode = code;
+    }
+  };
+}
+
+/** File and data errors name their file first ("path: reason"); treat those as bad input. */
+function isInputError(e: Error): boolean {
+  return /^(\S+\.(ya?ml|json|jsonl|txt|bin|safetensors|csv)|[^:\s]+\/[^:\s]*): /.test(e.message) || /ENOENT/.test(e.message);
+}
+
+function oneLine(s: string): string {
+  return s.split('\n')[0]!.trim();
+}
+
+/** The end-of-run summary: a table on stdout, or one JSON object with --json. */
+export function printSummary(args: GlobalArgs, title: string, rows: Record<string, unknown>): void {
+  if (args.json) {
+    process.stdout.write(JSON.stringify(rows) + '\n');
+    return;
+  }
+  const table = new Table({ head: [title, ''], style: { head: [], border: [] } });
+  for (const [k, v] of Object.entries(rows)) table.push([k, formatValue(v)]);
+  process.stdout.write(table.toString() + '\n');
+}
+
+function formatValue(v: unknown): string {
+  if (typeof v === 'number') return Number.isInteger(v) ? v.toLocaleString('en-US') : v.toPrecision(5);
+  if (typeof v === 'object' && v !== null) return JSON.stringify(v);
+  return String(v);
+}

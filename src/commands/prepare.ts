@@ -1,0 +1,21 @@
+import type { CommandModule } from 'yargs';
+import { PrepareConfigSchema } from '../config/stages.js';
+import { prepare } from '../data/prepare.js';
+import { type GlobalArgs, handler, loadStageConfig, printSummary } from './common.js';
+
+export const prepareCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'prepare',
+  describe: 'tokenize text/JSONL into token shards (training a BPE tokenizer if asked)',
+  handler: handler('prepare', async (args) => {
+    const cfg = loadStageConfig(PrepareConfigSchema, args);
+    const r = await prepare(cfg);
+    printSummary(args, 'prepare', {
+      out_dir: r.outDir,
+      vocab_size: r.vocabSize,
+      train_tokens: r.trainTokens,
+      val_tokens: r.valTokens,
+      bytes_per_token: r.bytes / Math.max(1, r.trainTokens + r.valTokens),
+      seconds: r.seconds,
+    });
+  }),
+};

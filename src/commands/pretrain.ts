@@ -1,0 +1,28 @@
+import type { CommandModule } from 'yargs';
+import { PretrainConfigSchema } from '../config/stages.js';
+import { pretrain } from '../train/pretrain.js';
+import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend } from './common.js';
+
+type Args = GlobalArgs & { resume: boolean };
+
+export const pretrainCommand: CommandModule<GlobalArgs, Args> = {
+  command: 'pretrain',
+  describe: 'train a model from scratch (or continue) on token shards',
+  builder: (y) => y.option('resume', { type: 'boolean', default: false, describe: 'continue from the trainer state in out_dir' }),
+  handler: handler<Args>('pretrain', async (args) => {
+    const cfg = loadStageConfig(PretrainConfigSchema, args, { 'train.seed': args.seed });
+    await startBackend(args);
+    const r = await pretrain(cfg, { resume: args.resume });
+    printSummary(args, 'pretrain', {
+      out_dir: cfg.out_dir,
+      params: r.params,
+      steps: r.step,
+      tokens_seen: r.tokensSeen,
+      train_loss: r.finalLoss,
+      ...(r.metrics.val_loss !== undefined ? { val_loss: r.metrics.val_loss, val_ppl: r.metrics.val_ppl } : {}),
+      tokens_per_s: Math.round(r.tokensPerSecond),
+      interrupted: r.interrupted,
+    });
+    if (r.interrupted) process.exitCode = 130;
+  }),
+};

@@ -1,0 +1,56 @@
+/** Zod schemas of each stage's config file. Every object is strict so typos are errors. */
+import { z } from 'zod';
+import { ModelConfigSchema, OptimSchema, TrainLoopSchema } from './schemas.js';
+
+export const PrepareConfigSchema = z.strictObject({
+  /** Text files (.txt: one document per file) or JSONL files (one document per line). */
+  inputs: z.array(z.string().min(1)).min(1),
+  /** JSONL field that holds the text. */
+  text_field: z.string().default('text'),
+  out_dir: z.string().min(1),
+  tokenizer: z.union([
+    /** Train a byte-level BPE on the inputs. */
+    z.strictObject({ train: z.strictObject({ vocab_size: z.int().min(256), max_bytes: z.int().positive().default(20_000_000) }) }),
+    /** Reuse the tokenizer of a checkpoint or tokenizer directory. */
+    z.strictObject({ from: z.string().min(1) }),
+  ]),
+  /** Fraction of the input (by bytes, taken from the end, like nanoGPT) kept for validation. */
+  val_fraction: z.number().min(0).lt(1).default(0.1),
+  shard_tokens: z.int().positive().default(50_000_000),
+});
+export type PrepareConfig = z.infer<typeof PrepareConfigSchema>;
+
+export const PretrainConfigSchema = z.strictObject({
+  /** Directory written by `llmctl prepare`. */
+  data: z.strictObject({ dir: z.string().min(1) }),
+  /** Architecture of a new model; vocab_size defaults to the tokenizer's. Ignored with init_from. */
+  model: ModelConfigSchema.optional(),
+  /** Continue pretraining from this checkpoint instead of a fresh model. */
+  init_from: z.string().min(1).optional(),
+  optim: OptimSchema.prefault({}),
+  train: TrainLoopSchema,
+  out_dir: z.string().min(1),
+}).refine((c) => c.model !== undefined || c.init_from !== undefined, { message: 'set model (a new model) or init_from (a checkpoint)', path: ['model'] });
+export type PretrainConfig = z.infer<typeof PretrainConfigSchema>;
+
+export const SamplingSchema = z.strictObject({
+  max_tokens: z.int().positive().default(200),
+  /** 0 means greedy (argmax). */
+  temperature: z.number().min(0).default(0.8),
+  top_k: z.int().nonnegative().default(0),
+  top_p: z.number().gt(0).max(1).default(1),
+  repetition_penalty: z.number().positive().default(1),
+  stop: z.array(z.string()).default([]),
+  seed: z.int().nonnegative().optional(),
+});
+export type SamplingConfig = z.infer<typeof SamplingSchema>;
+
+export const GenerateConfigSchema = z.strictObject({
+  checkpoint: z.string().min(1),
+  adapter: z.string().min(1).optional(),
+  prompt: z.string().default(''),
+  /** Wrap the prompt as a ChatML user turn. */
+  chat: z.boolean().default(false),
+  sampling: SamplingSchema.prefault({}),
+});
+export type GenerateConfig = z.infer<typeof GenerateConfigSchema>;

@@ -1,0 +1,107 @@
+/** Autoregressive generation with a KV cache: prefill the prompt once, then one token per step. */
+import * as tf from '@tensorflow/tfjs-core';
+import type { Tokenizer } from '../tokenizer/index.js';
+import { TextStreamer } from '../tokenizer/index.js';
+import { type ForwardOptions, type ModelConfig, type Params, disposeCache, emptyCache, forward } from './gpt.js';
+import { stopTokenIds } from './prompt.js';
+import { Sampler, type SamplerOptions } from './sample.js';
+
+export interface GenerateOptions extends SamplerOptions {
+  max_tokens: number;
+  stop: string[];
+  /** Called with each piece of text as soon as it is final (stop strings already cut). */
+  onText?: (text: string) => void;
+  forward?: ForwardOptions; // e.g. { loraScale }
+}
+
+export interface Generation {
+  text: string;
+  ids: number[]; // generated ids only
+  promptTokens: number;
+  finishReason: 'stop' | 'length';
+  ttftMs: number; // time to first token (prefill + first sample)
+  tokensPerSecond: number; // decode speed after the first token
+}
+
+export interface LanguageModel {
+  params: Params;
+  config: ModelConfig;
+  tokenizer: Tokenizer;
+}
+
+/** Logits row of the last position as a Float32Array. */
+function lastLogits(logits: tf.Tensor3D): Float32Array {
+  const [, T, V] = logits.shape;
+  return tf.tidy(() => tf.reshape(tf.slice(logits, [0, T - 1, 0], [1, 1, V]), [V])).dataSync() as Float32Array;
+}
+
+export function generate(model: LanguageModel, promptIds: number[], o: GenerateOptions): Generation {
+  const { params, config, tokenizer } = model;
+  if (promptIds.length === 0) throw new Error('generate: the prompt is empty and the tokenizer has no BOS token; give a prompt');
+  if (promptIds.length >= config.n_ctx) throw new Error(`generate: prompt has ${promptIds.length} tokens; the context length is ${config.n_ctx}`);
+  const sampler = new Sampler(o);
+  const stopIds = new Set(stopTokenIds(tokenizer));
+  const streamer = new TextStreamer(tokenizer, { prevId: promptIds[promptIds.length - 1] });
+  const cache = emptyCache(config);
+  const history = [...promptIds];
+  const ids: number[] = [];
+  let text = '', emitted = 0, finishReason: Generation['finishReason'] = 'length';
+  const holdBack = Math.max(0, ...o.stop.map((s) => s.length - 1));
+  const t0 = performance.now();
+  let tFirst = 0;
+  try {
+    let feed = promptIds; // the prompt first (prefill), then one token at a time
+    while (ids.length < o.max_tokens) {
+      const input = tf.tensor2d([feed], [1, feed.length], 'int32');
+      const { logits } = forward(params, config, input, { ...o.forward, cache });
+      input.dispose();
+      const row = lastLogits(logits);
+      logits.dispose();
+      const next = sampler.sample(row, history);
+      if (ids.length === 0) tFirst = performance.now();
+      if (stopIds.has(next)) {
+        finishReason = 'stop';
+        break;
+      }
+      ids.push(next);
+      history.push(next);
+      text += streamer.push(next);
+      const hit = firstStop(text, o.stop);
+      if (hit >= 0) {
+        text = text.slice(0, hit);
+        finishReason = 'stop';
+        break;
+      }
+      // Emit what can no longer become part of a stop string.
+      const safe = text.length - holdBack;
+      if (o.onText && safe > emitted) {
+        o.onText(text.slice(emitted, safe));
+        emitted = safe;
+      }
+      if (cache.length >= config.n_ctx) break; // context full
+      feed = [next];
+    }
+    if (finishReason === 'length') text += streamer.flush();
+    if (o.onText && text.length > emitted) o.onText(text.slice(emitted));
+  } finally {
+    disposeCache(cache);
+  }
+  const tEnd = performance.now();
+  return {
+    text,
+    ids,
+    promptTokens: promptIds.length,
+    finishReason,
+    ttftMs: tFirst - t0,
+    tokensPerSecond: ids.length > 1 ? ((ids.length - 1) * 1000) / (tEnd - tFirst) : 0,
+  };
+}
+
+function firstStop(text: string, stops: string[]): number {
+  let at = -1;
+  for (const s of stops) {
+    const i = s ? text.indexOf(s) : -1;
+    if (i >= 0 && (at < 0 || i < at)) at = i;
+  }
+  return at;
+}

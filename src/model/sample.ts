@@ -1,0 +1,99 @@
+/**
+ * Next-token sampling on a logits row: greedy, temperature, top-k, top-p (nucleus), repetition penalty.
+ * Temperature + top-p follow llama2.c's run.c step for step (same RNG, same cutoff and cdf walk), so a
+ * seeded run of a llama2.c model reproduces its published samples.
+ */
+import { Rng } from '../util/rng.js';
+
+export interface SamplerOptions {
+  temperature: number; // 0 = greedy
+  top_k: number; // 0 = off
+  top_p: number; // 1 = off
+  repetition_penalty: number; // 1 = off
+  seed?: number;
+}
+
+export class Sampler {
+  private readonly rng: Rng;
+
+  constructor(private readonly o: SamplerOptions) {
+    this.rng = new Rng(o.seed ?? Date.now());
+  }
+
+  /** Pick the next token id from raw logits; `history` feeds the repetition penalty. */
+  sample(rawLogits: Float32Array, history: readonly number[] = []): number {
+    const logits = Float32Array.from(rawLogits);
+    if (this.o.repetition_penalty !== 1) applyRepetitionPenalty(logits, history, this.o.repetition_penalty);
+    if (this.o.temperature === 0) return argmax(logits);
+    for (let i = 0; i < logits.length; i++) logits[i] = logits[i]! / this.o.temperature;
+    if (this.o.top_k > 0 && this.o.top_k < logits.length) keepTopK(logits, this.o.top_k);
+    const probs = softmax(logits);
+    const coin = this.rng.nextFloat();
+    return this.o.top_p > 0 && this.o.top_p < 1 ? sampleTopP(probs, this.o.top_p, coin) : sampleMultinomial(probs, coin);
+  }
+}
+
+export function argmax(x: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
+  return best;
+}
+
+/** CTRL's penalty: divide positive logits (multiply negative ones) of tokens already seen. */
+export function applyRepetitionPenalty(logits: Float32Array, history: readonly number[], penalty: number): void {
+  for (const id of new Set(history)) {
+    const v = logits[id]!;
+    logits[id] = v > 0 ? v / penalty : v * penalty;
+  }
+}
+
+function keepTopK(logits: Float32Array, k: number): void {
+  const kth = Float32Array.from(logits).sort().reverse()[k - 1]!;
+  for (let i = 0; i < logits.length; i++) if (logits[i]! < kth) logits[i] = -Infinity;
+}
+
+/** Float32 softmax in run.c's order (max, exp, sum, divide). */
+export function softmax(x: Float32Array): Float32Array {
+  let max = -Infinity;
+  for (const v of x) if (v > max) max = v;
+  const out = new Float32Array(x.length);
+  let sum = 0;
+  for (let i = 0; i < x.length; i++) {
+    out[i] = Math.exp(x[i]! - max);
+    sum = Math.fround(sum + out[i]!);
+  }
+  for (let i = 0; i < x.length; i++) out[i] = out[i]! / sum;
+  return out;
+}
+
+export function sampleMultinomial(probs: Float32Array, coin: number): number {
+  let cdf = 0;
+  for (let i = 0; i < probs.length; i++) {
+    cdf = Math.fround(cdf + probs[i]!);
+    if (coin < cdf) return i;
+  }
+  return probs.length - 1; // rounding errors
+}
+
+/** Nucleus sampling exactly as run.c: drop p < (1-top_p)/(n-1), sort, cut where the mass first exceeds top_p. */
+export function sampleTopP(probs: Float32Array, topP: number, coin: number): number {
+  const cutoff = Math.fround((1 - topP) / (probs.length - 1));
+  const kept: { i: number; p: number }[] = [];
+  for (let i = 0; i < probs.length; i++) if (probs[i]! >= cutoff) kept.push({ i, p: probs[i]! });
+  kept.sort((a, b) => b.p - a.p);
+  let mass = 0, last = kept.length - 1;
+  for (let j = 0; j < kept.length; j++) {
+    mass = Math.fround(mass + kept[j]!.p);
+    if (mass > topP) {
+      last = j;
+      break;
+    }
+  }
+  const r = Math.fround(coin * mass);
+  let cdf = 0;
+  for (let j = 0; j <= last; j++) {
+    cdf = Math.fround(cdf + kept[j]!.p);
+    if (r < cdf) return kept[j]!.i;
+  }
+  return kept[last]!.i;
+}

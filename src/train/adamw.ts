@@ -1,0 +1,101 @@
+/**
+ * AdamW (Loshchilov & Hutter): Adam moments plus weight decay applied to the weights directly,
+ * p ← p − lr·(m̂/(√v̂+ε) + λ·p). Decay skips 1-D tensors (biases, norm gains), as nanoGPT does.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+
+export interface AdamWConfig {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weight_decay: number;
+}
+
+export class AdamW {
+  readonly m: Record<string, tf.Variable> = {};
+  readonly v: Record<string, tf.Variable> = {};
+  step = 0;
+
+  constructor(private readonly params: Record<string, tf.Variable>, private readonly cfg: AdamWConfig) {
+    for (const [name, p] of Object.entries(params)) {
+      this.m[name] = tf.variable(tf.zerosLike(p), false);
+      this.v[name] = tf.variable(tf.zerosLike(p), false);
+    }
+  }
+
+  /** One update with learning rate lr; grads are consumed (disposed). */
+  apply(grads: Record<string, tf.Tensor>, lr: number): void {
+    this.step += 1;
+    const { beta1, beta2, eps, weight_decay } = this.cfg;
+    const bc1 = 1 - Math.pow(beta1, this.step), bc2 = 1 - Math.pow(beta2, this.step);
+    for (const [name, p] of Object.entries(this.params)) {
+      const g = grads[name];
+      if (!g) continue;
+      tf.tidy(() => {
+        const m = tf.add(tf.mul(this.m[name]!, beta1), tf.mul(g, 1 - beta1));
+        const v = tf.add(tf.mul(this.v[name]!, beta2), tf.mul(tf.square(g), 1 - beta2));
+        this.m[name]!.assign(m);
+        this.v[name]!.assign(v);
+        const update = tf.div(tf.div(m, bc1), tf.add(tf.sqrt(tf.div(v, bc2)), eps));
+        const decay = p.rank >= 2 ? weight_decay : 0;
+        p.assign(tf.sub(tf.mul(p, 1 - lr * decay), tf.mul(update, lr)));
+      });
+      g.dispose();
+    }
+  }
+
+  /** Moments as named tensors for optimizer.safetensors ("<param>.exp_avg", "<param>.exp_avg_sq" as in torch). */
+  stateTensors(): Record<string, tf.Tensor> {
+    const out: Record<string, tf.Tensor> = {};
+    for (const name of Object.keys(this.params)) {
+      out[`${name}.exp_avg`] = this.m[name]!;
+      out[`${name}.exp_avg_sq`] = this.v[name]!;
+    }
+    return out;
+  }
+
+  loadState(tensors: Record<string, Float32Array>, step: number): void {
+    for (const name of Object.keys(this.params)) {
+      const m = tensors[`${name}.exp_avg`], v = tensors[`${name}.exp_avg_sq`];
+      if (!m || !v) throw new Error(`optimizer state has no moments for '${name}'`);
+      this.m[name]!.assign(tf.tensor(m, this.m[name]!.shape));
+      this.v[name]!.assign(tf.tensor(v, this.v[name]!.shape));
+    }
+    this.step = step;
+  }
+
+  dispose(): void {
+    for (const t of [...Object.values(this.m), ...Object.values(this.v)]) t.dispose();
+  }
+}
+
+/** Global L2 norm of all gradients; scales them in place to max_norm when above it. Returns the norm before clipping. */
+export function clipGradNorm(grads: Record<string, tf.Tensor>, maxNorm: number): number {
+  const norm = tf.tidy(() => tf.sqrt(tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g)))))).dataSync()[0]!;
+  if (maxNorm > 0 && norm > maxNorm) {
+    const scale = maxNorm / (norm + 1e-6);
+    for (const k of Object.keys(grads)) {
+      const old = grads[k]!;
+      grads[k] = tf.mul(old, scale);
+      old.dispose();
+    }
+  }
+  return norm;
+}
+
+export interface ScheduleConfig {
+  lr: number;
+  min_lr: number;
+  warmup_steps: number;
+  schedule: 'cosine' | 'constant' | 'linear';
+}
+
+/** Learning rate at step (0-based) of maxSteps: linear warmup, then cosine/linear decay to min_lr. */
+export function learningRate(step: number, maxSteps: number, s: ScheduleConfig): number {
+  if (step < s.warmup_steps) return (s.lr * (step + 1)) / (s.warmup_steps + 1);
+  if (s.schedule === 'constant') return s.lr;
+  const span = Math.max(1, maxSteps - s.warmup_steps);
+  const progress = Math.min(1, (step - s.warmup_steps) / span);
+  const coeff = s.schedule === 'cosine' ? 0.5 * (1 + Math.cos(Math.PI * progress)) : 1 - progress;
+  return s.min_lr + coeff * (s.lr - s.min_lr);
+}

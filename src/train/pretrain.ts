@@ -1,0 +1,107 @@
+/** `llmctl pretrain`: next-token prediction on token shards, through the shared trainer loop. */
+import * as tf from '@tensorflow/tfjs-core';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadCheckpoint, loadTrainerState, saveCheckpoint } from '../checkpoint/model.js';
+import type { PretrainConfig } from '../config/stages.js';
+import { type LmBatch, lmBatchSource, loadSplit, readShardMeta, sampleLmBatch } from '../data/shards.js';
+import { type ModelConfig, type Params, countParams, forward, resolveModelConfig } from '../model/gpt.js';
+import { initParams } from '../model/init.js';
+import { Tokenizer } from '../tokenizer/index.js';
+import { log } from '../util/log.js';
+import { Rng } from '../util/rng.js';
+import { crossEntropy } from './losses.js';
+import { type TrainResult, train } from './trainer.js';
+
+/** Mean next-token loss of a model on a batch. */
+export function lmLoss(params: Params, config: ModelConfig, batch: LmBatch, training = false): tf.Scalar {
+  return tf.tidy(() => {
+    const { logits } = forward(params, config, batch.inputs, { training });
+    return crossEntropy(tf.reshape(logits, [-1, config.vocab_size]) as tf.Tensor2D, batch.targets);
+  });
+}
+
+/** Mean loss over `batches` fixed validation batches (same windows every time: a fixed seed). */
+export function evalLoss(params: Params, config: ModelConfig, tokens: Uint16Array | Uint32Array, batches: number, batchSize: number, seed: number): number {
+  const rng = new Rng(seed);
+  let sum = 0;
+  for (let i = 0; i < batches; i++) {
+    const b = sampleLmBatch(tokens, rng, batchSize, config.n_ctx);
+    const l = lmLoss(params, config, b);
+    sum += l.dataSync()[0]!;
+    l.dispose();
+    b.inputs.dispose();
+    b.targets.dispose();
+  }
+  return sum / batches;
+}
+
+export interface PretrainOptions {
+  /** Continue from the trainer state saved in out_dir. */
+  resume?: boolean;
+  quiet?: boolean;
+}
+
+export async function pretrain(cfg: PretrainConfig, o: PretrainOptions = {}): Promise<TrainResult & { params: number; config: ModelConfig }> {
+  const meta = readShardMeta(cfg.data.dir);
+  const tokenizer = Tokenizer.load(cfg.data.dir);
+  const trainTokens = loadSplit(cfg.data.dir, 'train');
+  const valTokens = meta.splits.val.tokens > 0 ? loadSplit(cfg.data.dir, 'val') : undefined;
+
+  const resumeDir = o.resume && existsSync(join(cfg.out_dir, 'trainer_state.json')) ? cfg.out_dir : undefined;
+  if (o.resume && !resumeDir) log().warn({ out_dir: cfg.out_dir }, 'nothing to resume (no trainer_state.json): starting fresh');
+  const sourceDir = resumeDir ?? cfg.init_from;
+  let config: ModelConfig;
+  let initial: Params;
+  if (sourceDir) {
+    const ck = loadCheckpoint(sourceDir);
+    config = ck.config;
+    initial = ck.params;
+  } else {
+    config = resolveModelConfig(cfg.model!);
+    initial = initParams(config, cfg.train.seed);
+  }
+  if (config.vocab_size < tokenizer.vocabSize) {
+    throw new Error(`model.vocab_size: ${config.vocab_size} is smaller than the tokenizer's ${tokenizer.vocabSize} (${cfg.data.dir})`);
+  }
+  const params: Record<string, tf.Variable> = {};
+  for (const [name, t] of Object.entries(initial)) {
+    params[name] = tf.variable(t, true);
+    t.dispose();
+  }
+  log().info({ params: countParams(config), train_tokens: trainTokens.length, val_tokens: valTokens?.length ?? 0, resume: Boolean(resumeDir) }, 'pretrain');
+
+  try {
+    const result = await train<LmBatch>({
+      stage: 'pretrain',
+      outDir: cfg.out_dir,
+      params,
+      loss: (batch) => lmLoss(params, config, batch, true),
+      batches: lmBatchSource(trainTokens, cfg.train.batch_size, config.n_ctx),
+      evaluate: valTokens
+        ? () => {
+            const val_loss = evalLoss(params, config, valTokens, cfg.train.eval_batches, cfg.train.batch_size, cfg.train.seed + 1);
+            return { val_loss, val_ppl: Math.exp(val_loss) };
+          }
+        : undefined,
+      save: (payload) =>
+        saveCheckpoint(cfg.out_dir, {
+          config,
+          params,
+          tokenizer,
+          stage: 'pretrain',
+          stageConfig: cfg,
+          parentDir: cfg.init_from ?? null,
+          metrics: payload.metrics,
+          trainer: payload,
+        }),
+      optim: cfg.optim,
+      loop: cfg.train,
+      resume: resumeDir ? loadTrainerState(resumeDir) : undefined,
+      quiet: o.quiet,
+    });
+    return { ...result, params: countParams(config), config };
+  } finally {
+    for (const v of Object.values(params)) v.dispose();
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * The one training loop every stage shares (pretrain, sft, lora, rm, dpo): AdamW, warmup + decay schedule,
+ * gradient clipping and accumulation, periodic eval, periodic atomic checkpoints, resume on the same
+ * curve, SIGINT → save and exit, non-finite loss → stop with the last good checkpoint kept.
+ * A stage supplies a loss over its own batch type and a way to save; the loop owns everything else.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { TrainerState } from '../checkpoint/manifest.js';
+import { METRICS_FILE } from '../checkpoint/model.js';
+import type { OptimConfig, TrainLoopConfig } from '../config/schemas.js';
+import { Progress, log } from '../util/log.js';
+import { Rng } from '../util/rng.js';
+import { AdamW, clipGradNorm, learningRate } from './adamw.js';
+
+export interface BatchSource<B> {
+  /** Draw the next training micro-batch; all randomness must come from rng (resume replays it). */
+  next(rng: Rng): B;
+  /** Tokens the batch trains on (for tokens/s). */
+  tokens(batch: B): number;
+  /** Free the batch's tensors. */
+  dispose(batch: B): void;
+}
+
+export interface TrainJob<B> {
+  stage: string;
+  outDir: string;
+  /** Trainable parameters; anything else the loss reads stays frozen. */
+  params: Record<string, tf.Variable>;
+  /** Scalar loss for one micro-batch, built from tensors only (runs under tf.variableGrads). */
+  loss(batch: B): tf.Scalar;
+  batches: BatchSource<B>;
+  /** Held-out metrics, e.g. { val_loss, val_ppl }; called every eval_every steps and at the end. */
+  evaluate?(): Record<string, number>;
+  /** Write a checkpoint with the given trainer payload (model or adapter, as the stage decides). */
+  save(payload: { state: TrainerState; optimizer: Record<string, tf.Tensor>; metricsLog: string; metrics: Record<string, number> }): Promise<void>;
+  optim: OptimConfig;
+  loop: TrainLoopConfig;
+  /** From loadTrainerState(): continue where a previous run stopped. */
+  resume?: { state: TrainerState; optimizer: Record<string, Float32Array> };
+  /** Show a progress line/logs (default true). */
+  quiet?: boolean;
+}
+
+export interface TrainResult {
+  step: number;
+  tokensSeen: number;
+  finalLoss: number;
+  losses: number[]; // one per optimizer step run in this call
+  metrics: Record<string, number>;
+  tokensPerSecond: number;
+  interrupted: boolean;
+}
+
+export class NonFiniteLossError extends Error {}
+
+export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
+  const { loop, optim } = job;
+  const rng = new Rng(String(job.resume?.state.rng_state ?? loop.seed));
+  const optimizer = new AdamW(job.params, optim);
+  let step = 0, tokensSeen = 0;
+  let bestVal = Infinity;
+  if (job.resume) {
+    optimizer.loadState(job.resume.optimizer, job.resume.state.step);
+    step = job.resume.state.step;
+    tokensSeen = job.resume.state.tokens_seen;
+    bestVal = job.resume.state.best_val_loss ?? Infinity;
+  }
+  mkdirSync(job.outDir, { recursive: true });
+  const metricsLog = join(job.outDir, METRICS_FILE);
+  truncateMetrics(metricsLog, step);
+  const record = (entry: Record<string, unknown>) => appendFileSync(metricsLog, JSON.stringify({ ...entry, time: new Date().toISOString() }) + '\n');
+
+  let stopRequested = false;
+  const onSigint = () => {
+    if (stopRequested) process.exit(130); // second Ctrl-C: leave now
+    stopRequested = true;
+    log().warn('SIGINT: finishing this step, saving a checkpoint, then exiting (Ctrl-C again to abort)');
+  };
+  process.on('SIGINT', onSigint);
+
+  const progress = job.quiet ? undefined : new Progress(job.stage, loop.max_steps);
+  const varList = Object.values(job.params);
+  const startStep = step;
+  const losses: number[] = [];
+  let metrics: Record<string, number> = {};
+  let lr = 0, lastLoss = NaN, tokensTimed = 0, secondsTimed = 0;
+
+  const state = (): TrainerState => ({
+    step,
+    tokens_seen: tokensSeen,
+    rng_state: rng.getState(),
+    lr,
+    ...(Number.isFinite(bestVal) ? { best_val_loss: bestVal } : {}),
+    schedule: { kind: optim.schedule, peak_lr: optim.lr, min_lr: optim.min_lr, warmup_steps: optim.warmup_steps, total_steps: loop.max_steps },
+  });
+  const save = async (why: string) => {
+    await job.save({ state: state(), optimizer: optimizer.stateTensors(), metricsLog, metrics: { ...metrics, step, train_loss: lastLoss } });
+    progress?.note(`checkpoint saved (${why})`, { step, dir: job.outDir });
+  };
+  const runEval = () => {
+    if (!job.evaluate) return;
+    const ev = job.evaluate();
+    metrics = { ...metrics, ...ev };
+    if (ev.val_loss !== undefined && ev.val_loss < bestVal) bestVal = ev.val_loss;
+    record({ step, ...ev });
+    progress?.note('eval', { step, ...ev });
+  };
+
+  try {
+    while (step < loop.max_steps) {
+      const t0 = performance.now();
+      lr = learningRate(step, loop.max_steps, optim);
+      let grads: Record<string, tf.Tensor> = {};
+      let lossSum = 0, stepTokens = 0;
+      for (let micro = 0; micro < loop.grad_accum; micro++) {
+        const batch = job.batches.next(rng);
+        stepTokens += job.batches.tokens(batch);
+        const { value, grads: g } = tf.variableGrads(() => job.loss(batch), varList);
+        job.batches.dispose(batch);
+        lossSum += (await value.data())[0]!;
+        value.dispose();
+        grads = accumulate(grads, g, job.params);
+      }
+      const loss = lossSum / loop.grad_accum;
+      if (loop.grad_accum > 1) grads = scaleAll(grads, 1 / loop.grad_accum);
+      const gradNorm = Number.isFinite(loss) ? clipGradNorm(grads, optim.grad_clip) : NaN;
+      if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+        for (const g of Object.values(grads)) g.dispose();
+        throw new NonFiniteLossError(
+          `non-finite ${Number.isFinite(loss) ? 'gradient norm' : 'loss'} at step ${step + 1}; stopped without saving. ` +
+            `The last good checkpoint (if any) is in ${job.outDir}. Try a lower optim.lr or a smaller optim.grad_clip.`,
+        );
+      }
+      optimizer.apply(grads, lr);
+      step += 1;
+      tokensSeen += stepTokens;
+      lastLoss = loss;
+      losses.push(loss);
+      const dt = (performance.now() - t0) / 1000;
+      tokensTimed += stepTokens;
+      secondsTimed += dt;
+      const tokS = stepTokens / dt;
+      progress?.update(step, { loss, lr, 'tok/s': Math.round(tokS) }, startStep);
+      if (step % loop.log_every === 0 || step === loop.max_steps) {
+        record({ step, loss, lr, grad_norm: gradNorm, tokens_seen: tokensSeen, tok_s: Math.round(tokS) });
+      }
+      if (loop.eval_every > 0 && step % loop.eval_every === 0 && step !== loop.max_steps) runEval();
+      if (stopRequested) {
+        await save('interrupted');
+        return finish(true);
+      }
+      if (loop.save_every > 0 && step % loop.save_every === 0 && step !== loop.max_steps) await save('periodic');
+      await new Promise((r) => setImmediate(r)); // let signals and I/O callbacks run between steps
+    }
+    runEval();
+    await save('final');
+    return finish(false);
+  } catch (err) {
+    progress?.fail(`${job.stage} stopped at step ${step}`);
+    throw err;
+  } finally {
+    process.off('SIGINT', onSigint);
+    optimizer.dispose();
+  }
+
+  function finish(interrupted: boolean): TrainResult {
+    const tokensPerSecond = secondsTimed > 0 ? tokensTimed / secondsTimed : 0;
+    progress?.done(`${job.stage}: ${step} steps, loss ${lastLoss.toFixed(4)}, ${Math.round(tokensPerSecond)} tok/s`);
+    return { step, tokensSeen, finalLoss: lastLoss, losses, metrics: { ...metrics, train_loss: lastLoss, tokens_per_second: tokensPerSecond }, tokensPerSecond, interrupted };
+  }
+}
+
+function accumulate(acc: Record<string, tf.Tensor>, g: Record<string, tf.Tensor>, params: Record<string, tf.Variable>): Record<string, tf.Tensor> {
+  // variableGrads keys by variable name; map back to our parameter names.
+  const byVarName = new Map(Object.entries(params).map(([name, v]) => [v.name, name]));
+  const out = { ...acc };
+  for (const [varName, grad] of Object.entries(g)) {
+    const name = byVarName.get(varName) ?? varName;
+    const prev = out[name];
+    if (prev) {
+      out[name] = tf.add(prev, grad);
+      prev.dispose();
+      grad.dispose();
+    } else {
+      out[name] = grad;
+    }
+  }
+  return out;
+}
+
+function scaleAll(grads: Record<string, tf.Tensor>, s: number): Record<string, tf.Tensor> {
+  const out: Record<string, tf.Tensor> = {};
+  for (const [k, g] of Object.entries(grads)) {
+    out[k] = tf.mul(g, s);
+    g.dispose();
+  }
+  return out;
+}
+
+/** On resume, drop log lines from steps after the checkpoint (a crashed run may have logged past it). */
+function truncateMetrics(path: string, step: number): void {
+  if (!existsSync(path)) return;
+  const kept = readFileSync(path, 'utf8').split('\n').filter((line) => {
+    if (!line.trim()) return false;
+    try {
+      return (JSON.parse(line) as { step?: number }).step! <= step;
+    } catch {
+      return false;
+    }
+  });
+  writeFileSync(path, kept.map((l) => l + '\n').join(''));
+}
