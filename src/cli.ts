@@ -4,8 +4,11 @@ import { hideBin } from 'yargs/helpers';
 import { globalOptions } from './commands/common.js';
 import { generateCommand } from './commands/generate.js';
 import { importCommand } from './commands/import.js';
+import { pipelineCommand } from './commands/pipeline.js';
+import { loraCommand } from './commands/lora.js';
 import { prepareCommand } from './commands/prepare.js';
 import { pretrainCommand } from './commands/pretrain.js';
+import { sftCommand } from './commands/sft.js';
 
 export async function main(argv: string[] = hideBin(process.argv)): Promise<void> {
   await globalOptions(yargs(argv))
@@ -15,6 +18,9 @@ export async function main(argv: string[] = hideBin(process.argv)): Promise<void
     .command(pretrainCommand)
     .command(generateCommand)
     .command(importCommand)
+    .command(pipelineCommand)
+    .command(sftCommand)
+    .command(loraCommand)
     .demandCommand(1, 'name a command, e.g. llmctl pretrain --config configs/pretrain.yaml')
     .strict()
     .fail((msg, err, y) => {

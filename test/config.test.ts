@@ -137,11 +137,11 @@ describe('loadConfig', () => {
     test('wrong type via --set', () => {
       throwsConfig(
         () => loadConfig(StageSchema, write('p.yaml', GOOD_YAML), ['train.max_steps=ten']),
-        'p.yaml: train.max_steps: expected number, received string',
+        '--set train.max_steps=ten: train.max_steps: expected number, received string',
       );
       throwsConfig(
         () => loadConfig(StageSchema, write('p.yaml', GOOD_YAML), ['train.max_steps=1.5']),
-        'p.yaml: train.max_steps: expected integer, received 1.5',
+        '--set train.max_steps=1.5: train.max_steps: expected integer, received 1.5',
       );
       throwsConfig(
         () => loadConfig(StageSchema, write('p.yaml', GOOD_YAML), ['data.train.x=1']),
@@ -200,15 +200,15 @@ describe('loadConfig', () => {
 
     test('n_head not divisible by n_kv_head', () => {
       const f = write('kv.yaml', GOOD_YAML);
-      throwsConfig(() => loadConfig(StageSchema, f, ['model.n_kv_head=3']), 'kv.yaml: model.n_kv_head: must divide n_head (n_head=4, n_kv_head=3)');
+      throwsConfig(() => loadConfig(StageSchema, f, ['model.n_kv_head=3']), '--set model.n_kv_head=3: model.n_kv_head: must divide n_head (n_head=4, n_kv_head=3)');
     });
 
     test('enum and range errors', () => {
       const f = write('r.yaml', GOOD_YAML);
-      throwsConfig(() => loadConfig(StageSchema, f, ['model.arch=gpt3']), 'r.yaml: model.arch: expected one of "gpt2" | "llama", received "gpt3"');
-      throwsConfig(() => loadConfig(StageSchema, f, ['model.dropout=1']), 'r.yaml: model.dropout: must be < 1');
-      throwsConfig(() => loadConfig(StageSchema, f, ['train.max_steps=0']), 'r.yaml: train.max_steps: must be > 0');
-      throwsConfig(() => loadConfig(StageSchema, f, ['optim.min_lr=1']), 'r.yaml: optim.min_lr: must be <= lr (min_lr=1, lr=0.001)');
+      throwsConfig(() => loadConfig(StageSchema, f, ['model.arch=gpt3']), '--set model.arch=gpt3: model.arch: expected one of "gpt2" | "llama", received "gpt3"');
+      throwsConfig(() => loadConfig(StageSchema, f, ['model.dropout=1']), '--set model.dropout=1: model.dropout: must be < 1');
+      throwsConfig(() => loadConfig(StageSchema, f, ['train.max_steps=0']), '--set train.max_steps=0: train.max_steps: must be > 0');
+      throwsConfig(() => loadConfig(StageSchema, f, ['optim.min_lr=1']), '--set optim.min_lr=1: optim.min_lr: must be <= lr (min_lr=1, lr=0.001)');
     });
   });
 });

@@ -36,11 +36,19 @@ export function loadConfig<S extends z.ZodType>(
     if (value === undefined) continue; // unset CLI flags arrive as undefined: keep the file's value
     setAt(data, key.split('.'), value, source);
   }
+  const fromSet = new Map<string, string>(); // dotted path → the --set argument that wrote it
   for (const s of sets) {
     const [path, value] = parseSetOverride(s);
     setAt(data, path, value, `--set ${s}`);
+    fromSet.set(path.join('.'), s);
   }
-  return validate(schema, data, source);
+  const result = schema.safeParse(data);
+  if (result.success) return result.data;
+  // Blame the --set argument, not the file, when the bad value came from the command line.
+  const issue = result.error.issues[0]!;
+  const where = [...issue.path, ...(issue.code === 'unrecognized_keys' ? [issue.keys[0]!] : [])].join('.');
+  const setArg = [...fromSet].find(([p]) => where === p || where.startsWith(`${p}.`))?.[1];
+  throw new ConfigError(`${setArg ? `--set ${setArg}` : source}: ${describeIssue(issue, data)}`);
 }
 
 /** Validate already-loaded data; throws a one-line ConfigError for the first issue. */

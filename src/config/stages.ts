@@ -54,3 +54,52 @@ export const GenerateConfigSchema = z.strictObject({
   sampling: SamplingSchema.prefault({}),
 });
 export type GenerateConfig = z.infer<typeof GenerateConfigSchema>;
+
+/** Instruction data for sft / lora (Alpaca or chat JSONL). */
+export const SftDataSchema = z.strictObject({
+  /** JSONL file: Alpaca rows {instruction, input, output} or chat rows {messages: [{role, content}]}. */
+  path: z.string().min(1),
+  /** auto: chat when a row has `messages`, Alpaca otherwise. */
+  format: z.enum(['auto', 'alpaca', 'chat']).default('auto'),
+  /** Skip (and count) bad rows instead of stopping at the first one. */
+  skip_invalid: z.boolean().default(false),
+  /** Concatenate whole examples into rows of up to n_ctx + 1 tokens (fewer padded positions). */
+  packing: z.boolean().default(false),
+  /** Fraction of the rows (taken from the end) held out for val_loss; 0 = no evaluation. */
+  val_fraction: z.number().min(0).lt(1).default(0),
+  /** Use only the first N rows of the file. */
+  max_rows: z.int().positive().optional(),
+});
+export type SftDataConfig = z.infer<typeof SftDataSchema>;
+
+export const SftConfigSchema = z.strictObject({
+  /** Checkpoint to fine-tune (e.g. runs/pretrain); its tokenizer's chat template renders the data. */
+  base: z.string().min(1),
+  data: SftDataSchema,
+  optim: OptimSchema.prefault({}),
+  train: TrainLoopSchema,
+  out_dir: z.string().min(1),
+});
+export type SftConfig = z.infer<typeof SftConfigSchema>;
+
+/** Projections LoRA can adapt (PEFT names, or the short q/k/v/o/gate/up/down). */
+export const LoraTargetSchema = z.enum(['q', 'k', 'v', 'o', 'gate', 'up', 'down', 'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']);
+
+export const LoraAdapterSchema = z.strictObject({
+  r: z.int().positive().default(8),
+  alpha: z.number().positive().default(16),
+  dropout: z.number().min(0).lt(1).default(0.05),
+  target_modules: z.array(LoraTargetSchema).min(1).default(['q_proj', 'k_proj', 'v_proj', 'o_proj']),
+});
+
+export const LoraConfigSchema = z.strictObject({
+  /** Base checkpoint; stays frozen (only the adapter trains). */
+  base: z.string().min(1),
+  data: SftDataSchema,
+  lora: LoraAdapterSchema.prefault({}),
+  optim: OptimSchema.prefault({}),
+  train: TrainLoopSchema,
+  /** Written: adapter_config.json + adapter_model.safetensors (PEFT names) + trainer state; not the base weights. */
+  out_dir: z.string().min(1),
+});
+export type LoraStageConfig = z.infer<typeof LoraConfigSchema>;

@@ -42,7 +42,7 @@ export function generate(model: LanguageModel, promptIds: number[], o: GenerateO
   const sampler = new Sampler(o);
   const stopIds = new Set(stopTokenIds(tokenizer));
   const streamer = new TextStreamer(tokenizer, { prevId: promptIds[promptIds.length - 1] });
-  const cache = emptyCache(config);
+  const cache = emptyCache(config); // disposeCache empties it in place, so it can be refilled
   const history = [...promptIds];
   const ids: number[] = [];
   let text = '', emitted = 0, finishReason: Generation['finishReason'] = 'length';
@@ -78,8 +78,13 @@ export function generate(model: LanguageModel, promptIds: number[], o: GenerateO
         o.onText(text.slice(emitted, safe));
         emitted = safe;
       }
-      if (cache.length >= config.n_ctx) break; // context full
       feed = [next];
+      if (cache.length + 1 > config.n_ctx) {
+        // Context full: restart from the most recent half of the window (llama.cpp's context shift,
+        // nanoGPT's crop), re-encoding it into a fresh cache.
+        disposeCache(cache);
+        feed = history.slice(-Math.floor(config.n_ctx / 2));
+      }
     }
     if (finishReason === 'length') text += streamer.flush();
     if (o.onText && text.length > emitted) o.onText(text.slice(emitted));

@@ -9,7 +9,7 @@
  * `<name>.lora_A/B` when present, so no layer needs to know about fine-tuning.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { bmm, embedding, linear as linearKernel, matmul } from './kernels.js';
+import { bmm, embedding, fastDropout, linear as linearKernel, loraDelta, matmul, matmulFrozen } from './kernels.js';
 
 export interface ModelConfig {
   arch: 'gpt2' | 'llama';
@@ -102,6 +102,11 @@ export interface ForwardOptions {
   loraScale?: number;
   /** Dropout on the LoRA branch input (training only). */
   loraDropout?: number;
+  /**
+   * The base weights (everything but lora_A/B) get no gradient, e.g. LoRA training: their matmuls skip
+   * computing dW (LoRA's speed-up over full fine-tuning depends on it). Forward values are unchanged.
+   */
+  freezeBase?: boolean;
 }
 
 export interface KVCache {
@@ -124,11 +129,13 @@ export function disposeCache(cache: KVCache): void {
 /** x [N, in] @ W [in, out] + b, plus the LoRA update (x @ A) @ B * scale when the adapter is present. */
 function linear(p: Params, name: string, x: tf.Tensor2D, opts: ForwardOptions): tf.Tensor2D {
   const w = p[`${name}.weight`] as tf.Tensor2D, b = p[`${name}.bias`] as tf.Tensor1D | undefined;
-  let y = b ? linearKernel(x, w, b) : matmul(x, w);
+  let y: tf.Tensor2D;
+  if (opts.freezeBase) y = b ? (tf.add(matmulFrozen(x, w), b) as tf.Tensor2D) : matmulFrozen(x, w); // no dW, no db
+  else y = b ? linearKernel(x, w, b) : matmul(x, w);
   const A = p[`${name}.lora_A`], B = p[`${name}.lora_B`];
   if (A && B) {
-    const xa = opts.training && opts.loraDropout ? (tf.dropout(x, opts.loraDropout) as tf.Tensor2D) : x;
-    y = tf.add(y, tf.mul(matmul(matmul(xa, A as tf.Tensor2D), B as tf.Tensor2D), opts.loraScale ?? 1));
+    const xa = opts.training && opts.loraDropout ? fastDropout(x, opts.loraDropout) : x;
+    y = tf.add(y, loraDelta(xa, A as tf.Tensor2D, B as tf.Tensor2D, opts.loraScale ?? 1));
   }
   return y;
 }
@@ -254,7 +261,7 @@ export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: Forwa
     }
     const h = norm(p, 'ln_f', x, c);
     const head = c.tie_embeddings ? (tf.transpose(p['wte.weight']!) as tf.Tensor2D) : (p['lm_head.weight'] as tf.Tensor2D);
-    const logits = tf.reshape(matmul(h, head), [B, T, c.vocab_size]) as tf.Tensor3D;
+    const logits = tf.reshape(o.freezeBase ? matmulFrozen(h, head) : matmul(h, head), [B, T, c.vocab_size]) as tf.Tensor3D;
     return o.returnHidden ? { logits, hidden: tf.reshape(h, [B, T, c.n_embd]) as tf.Tensor3D } : { logits };
   });
   if (o.cache) o.cache.length += T;

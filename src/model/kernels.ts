@@ -9,6 +9,15 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 
+/**
+ * Reference mode swaps every kernel below for the plain tfjs op with tfjs's own gradient. Benchmarks use
+ * it to measure what the hand-written gradients buy; tests use it to check them.
+ */
+let reference = false;
+export function setReferenceKernels(on: boolean): void {
+  reference = on;
+}
+
 /** tf.customGrad with typed positional arguments (its own typing is a loose rest parameter). */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 const customGrad = (f: (...args: any[]) => { value: tf.Tensor; gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor | tf.Tensor[] }) =>
@@ -19,6 +28,7 @@ const customGrad = (f: (...args: any[]) => { value: tf.Tensor; gradFunc: (dy: tf
  * rows (tf.sum axis 0) is ~15x slower than that matmul on WASM.
  */
 export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D {
+  if (reference) return tf.add(tf.matMul(x, w), b);
   const f = customGrad((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     save([x, w]);
     return {
@@ -35,6 +45,7 @@ export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tenso
 
 /** y = a @ b for a [M,K], b [K,N]. */
 export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
+  if (reference) return tf.matMul(a, b);
   const f = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     save([a, b]);
     return {
@@ -48,8 +59,72 @@ export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
   return f(a, b) as tf.Tensor2D;
 }
 
+/**
+ * y = a @ w where w receives no gradient (a frozen base weight under LoRA). customGrad computes every
+ * input's gradient eagerly, so `matmul` would spend a second [in,N]@[N,out] matmul per layer on dW
+ * that is then thrown away; here w is not a differentiable input and only da = dy @ wᵀ is computed.
+ */
+export function matmulFrozen(a: tf.Tensor2D, w: tf.Tensor2D): tf.Tensor2D {
+  if (reference) return tf.matMul(a, w);
+  const f = customGrad((a: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([w]); // w may be a scope-local tensor (the tied head's transpose): keep it for the backward pass
+    return {
+      value: tf.matMul(a as tf.Tensor2D, w),
+      gradFunc: (dy: tf.Tensor, [sw]: tf.Tensor[]) => tf.matMul(dy as tf.Tensor2D, tf.transpose(sw!) as tf.Tensor2D),
+    };
+  });
+  return f(a) as tf.Tensor2D;
+}
+
+/**
+ * Inverted dropout (x · mask / (1 − rate)) with the mask drawn by an xorshift32 loop in JS. tf.dropout
+ * draws through tfjs's randomUniform (one seedrandom call per element) plus floor/div kernels, which on
+ * WASM cost LoRA ~20% of a step: LoRA drops out the input of every adapted projection.
+ */
+let dropoutState = (Math.floor(Math.random() * 0x7fffffff) | 1) >>> 0;
+export function fastDropout<T extends tf.Tensor>(x: T, rate: number): T {
+  if (rate <= 0) return x;
+  const mask = new Float32Array(x.size);
+  const scale = 1 / (1 - rate), threshold = (1 - rate) * 4294967296;
+  let s = dropoutState;
+  for (let i = 0; i < mask.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    mask[i] = s >>> 0 < threshold ? scale : 0;
+  }
+  dropoutState = s >>> 0 || 1;
+  return tf.tidy(() => tf.mul(x, tf.tensor(mask, x.shape, 'float32'))) as T;
+}
+
+/**
+ * The LoRA update scale·(x @ A) @ B for x [N,in], A [in,r], B [r,out], as one op. Its gradient only ever
+ * transposes r-sized tensors: dA = (dhᵀ @ x)ᵀ instead of xᵀ @ dh, so no [N,in] activation is transposed,
+ * and x is saved once (two chained `matmul`s would copy and transpose it for every adapted projection).
+ */
+export function loraDelta(x: tf.Tensor2D, A: tf.Tensor2D, B: tf.Tensor2D, scale: number): tf.Tensor2D {
+  if (reference) return tf.mul(tf.matMul(tf.matMul(x, A), B), scale);
+  const f = customGrad((x: tf.Tensor, A: tf.Tensor, B: tf.Tensor, save: tf.GradSaveFunc) => {
+    const h = tf.matMul(x as tf.Tensor2D, A as tf.Tensor2D); // [N, r]
+    save([x, A, B, h]);
+    return {
+      value: tf.mul(tf.matMul(h, B as tf.Tensor2D), scale),
+      gradFunc: (dy: tf.Tensor, [sx, sA, sB, sh]: tf.Tensor[]) => {
+        const g = tf.mul(dy, scale) as tf.Tensor2D; // [N, out]
+        const dh = tf.matMul(g, tf.transpose(sB!) as tf.Tensor2D); // [N, r]
+        const dx = tf.matMul(dh, tf.transpose(sA!) as tf.Tensor2D); // [N, in]
+        const dA = tf.transpose(tf.matMul(tf.transpose(dh) as tf.Tensor2D, sx as tf.Tensor2D)); // [in, r]
+        const dB = tf.matMul(tf.transpose(sh!) as tf.Tensor2D, g); // [r, out]
+        return [dx, dA, dB];
+      },
+    };
+  });
+  return f(x, A, B) as tf.Tensor2D;
+}
+
 /** Batched y[n] = a[n] @ b[n] for a [N,M,K], b [N,K,P]. */
 export function bmm(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
+  if (reference) return tf.matMul(a, b);
   const f = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     save([a, b]);
     return {
@@ -69,6 +144,7 @@ export function bmm(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
  */
 export function embedding(weight: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
   const vocab = weight.shape[0];
+  if (reference) return tf.matMul(oneHotFloat(ids, vocab), weight); // gather's own gradient has no WASM kernel
   const f = customGrad((w: tf.Tensor) => ({
     value: tf.gather(w, ids),
     gradFunc: (dy: tf.Tensor) => {

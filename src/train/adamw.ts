@@ -18,8 +18,9 @@ export class AdamW {
 
   constructor(private readonly params: Record<string, tf.Variable>, private readonly cfg: AdamWConfig) {
     for (const [name, p] of Object.entries(params)) {
-      this.m[name] = tf.variable(tf.zerosLike(p), false);
-      this.v[name] = tf.variable(tf.zerosLike(p), false);
+      // tidy frees the zerosLike initial values (a variable keeps its own reference; tidy never disposes variables).
+      this.m[name] = tf.tidy(() => tf.variable(tf.zerosLike(p), false));
+      this.v[name] = tf.tidy(() => tf.variable(tf.zerosLike(p), false));
     }
   }
 
@@ -58,8 +59,10 @@ export class AdamW {
     for (const name of Object.keys(this.params)) {
       const m = tensors[`${name}.exp_avg`], v = tensors[`${name}.exp_avg_sq`];
       if (!m || !v) throw new Error(`optimizer state has no moments for '${name}'`);
-      this.m[name]!.assign(tf.tensor(m, this.m[name]!.shape));
-      this.v[name]!.assign(tf.tensor(v, this.v[name]!.shape));
+      tf.tidy(() => {
+        this.m[name]!.assign(tf.tensor(m, this.m[name]!.shape));
+        this.v[name]!.assign(tf.tensor(v, this.v[name]!.shape));
+      });
     }
     this.step = step;
   }
@@ -71,7 +74,9 @@ export class AdamW {
 
 /** Global L2 norm of all gradients; scales them in place to max_norm when above it. Returns the norm before clipping. */
 export function clipGradNorm(grads: Record<string, tf.Tensor>, maxNorm: number): number {
-  const norm = tf.tidy(() => tf.sqrt(tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g)))))).dataSync()[0]!;
+  const normT = tf.tidy(() => tf.sqrt(tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))))));
+  const norm = normT.dataSync()[0]!;
+  normT.dispose(); // the tidy's result is ours to free: one leaked scalar per training step otherwise
   if (maxNorm > 0 && norm > maxNorm) {
     const scale = maxNorm / (norm + 1e-6);
     for (const k of Object.keys(grads)) {

@@ -41,6 +41,8 @@ export interface TrainJob<B> {
   resume?: { state: TrainerState; optimizer: Record<string, Float32Array> };
   /** Show a progress line/logs (default true). */
   quiet?: boolean;
+  /** Called after every optimizer step (benchmarks and tests watch timing and memory here). */
+  onStep?(info: { step: number; loss: number; seconds: number; tokens: number }): void;
 }
 
 export interface TrainResult {
@@ -142,6 +144,7 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
       tokensTimed += stepTokens;
       secondsTimed += dt;
       const tokS = stepTokens / dt;
+      job.onStep?.({ step, loss, seconds: dt, tokens: stepTokens });
       progress?.update(step, { loss, lr, 'tok/s': Math.round(tokS) }, startStep);
       if (step % loop.log_every === 0 || step === loop.max_steps) {
         record({ step, loss, lr, grad_norm: gradNorm, tokens_seen: tokensSeen, tok_s: Math.round(tokS) });

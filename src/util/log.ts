@@ -10,9 +10,21 @@ export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'silent';
 let root: Logger = pino({ level: 'info', base: undefined }, pino.destination({ fd: 2, sync: true }));
 
 export function setupLogger(level: LogLevel = 'info'): Logger {
-  root = pino({ level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime }, pino.destination({ fd: 2, sync: true }));
+  const dest = process.stderr.isTTY ? humanReadable : pino.destination({ fd: 2, sync: true });
+  root = pino({ level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime }, dest);
   return root;
 }
+
+const LEVELS: Record<number, string> = { 10: 'trace', 20: 'debug', 30: 'info', 40: 'warn', 50: 'error', 60: 'fatal' };
+
+/** On a terminal, people read "info  msg  key=value" lines; pipes and files get the JSON. */
+const humanReadable = {
+  write(line: string): void {
+    const { level, time: _time, msg, ...fields } = JSON.parse(line) as Record<string, unknown>;
+    const kv = Object.entries(fields).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ');
+    process.stderr.write(`${(LEVELS[level as number] ?? String(level)).padEnd(5)} ${String(msg ?? '')}${kv ? '  ' + kv : ''}\n`);
+  },
+};
 
 export function log(): Logger {
   return root;

@@ -1,0 +1,110 @@
+/**
+ * Training throughput benchmark: tokens/s and peak memory of full training steps (forward, backward,
+ * AdamW) through the real trainer loop, for two model sizes, with our hand-written kernels and with
+ * tfjs's reference gradients; plus raw matmul GFLOP/s per backend.
+ *
+ *   node --import tsx bench/train.ts [--backend wasm] [--steps 8] [--json]
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { type BackendName, initBackend } from '../src/backend/index.js';
+import { type LmBatch, lmBatchSource } from '../src/data/shards.js';
+import { type ModelConfig, countParams, resolveModelConfig } from '../src/model/gpt.js';
+import { initParams } from '../src/model/init.js';
+import { setReferenceKernels } from '../src/model/kernels.js';
+import { lmLoss } from '../src/train/pretrain.js';
+import { train } from '../src/train/trainer.js';
+import { Rng } from '../src/util/rng.js';
+
+const { values: args } = parseArgs({
+  options: { backend: { type: 'string', default: 'wasm' }, steps: { type: 'string', default: '8' }, json: { type: 'boolean', default: false }, 'skip-reference': { type: 'boolean', default: false } },
+});
+const STEPS = Number(args.steps);
+
+const CONFIGS: { name: string; model: ModelConfig; batch: number }[] = [
+  { name: 'small (ctx 64, 4L, d128, 4h, b8)', batch: 8, model: resolveModelConfig({ arch: 'gpt2', vocab_size: 256, n_ctx: 64, n_layer: 4, n_embd: 128, n_head: 4 }) },
+  { name: 'large (ctx 256, 6L, d384, 6h, b4)', batch: 4, model: resolveModelConfig({ arch: 'gpt2', vocab_size: 256, n_ctx: 256, n_layer: 6, n_embd: 384, n_head: 6 }) },
+];
+
+interface Row { config: string; kernels: string; params: number; tokens_per_s: number; step_ms: number; peak_rss_mb: number; peak_tensor_mb: number }
+
+async function benchTraining(name: string, model: ModelConfig, batch: number, kernels: 'ours' | 'reference'): Promise<Row> {
+  setReferenceKernels(kernels === 'reference');
+  const out = mkdtempSync(join(tmpdir(), 'llmctl-bench-'));
+  const params: Record<string, tf.Variable> = {};
+  for (const [k, t] of Object.entries(initParams(model, 1))) {
+    params[k] = tf.variable(t);
+    t.dispose();
+  }
+  // Random tokens: throughput does not depend on the text.
+  const rng = new Rng(7);
+  const tokens = Uint16Array.from({ length: 200_000 }, () => rng.nextInt(model.vocab_size));
+  const warmup = 2;
+  let seconds = 0, counted = 0, peakRss = 0, peakTensor = 0;
+  await train<LmBatch>({
+    stage: 'bench', outDir: out, params, quiet: true,
+    loss: (b) => lmLoss(params, model, b, true),
+    batches: lmBatchSource(tokens, batch, model.n_ctx),
+    save: async () => {}, // the benchmark measures steps, not disk
+    optim: { lr: 1e-3, min_lr: 1e-4, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1, warmup_steps: 0, schedule: 'cosine' },
+    loop: { max_steps: warmup + STEPS, batch_size: batch, grad_accum: 1, eval_every: 0, eval_batches: 1, save_every: 0, log_every: 1000, seed: 1 },
+    onStep: ({ step, seconds: s }) => {
+      peakRss = Math.max(peakRss, process.memoryUsage().rss);
+      peakTensor = Math.max(peakTensor, tf.memory().numBytes);
+      if (step > warmup) {
+        seconds += s;
+        counted += 1;
+      }
+    },
+  });
+  for (const v of Object.values(params)) v.dispose();
+  rmSync(out, { recursive: true, force: true });
+  setReferenceKernels(false);
+  const stepMs = (seconds / counted) * 1000;
+  return { config: name, kernels, params: countParams(model), tokens_per_s: Math.round((batch * model.n_ctx) / (stepMs / 1000)), step_ms: Math.round(stepMs), peak_rss_mb: Math.round(peakRss / 2 ** 20), peak_tensor_mb: Math.round(peakTensor / 2 ** 20) };
+}
+
+function gflops(f: () => tf.Tensor, flops: number, reps = 10): number {
+  f().dispose();
+  const t0 = performance.now();
+  for (let i = 0; i < reps; i++) {
+    const r = f();
+    r.dataSync();
+    r.dispose();
+  }
+  return flops / (((performance.now() - t0) / reps) / 1000) / 1e9;
+}
+
+function benchMatmul(): Record<string, number> {
+  const [M, K, N] = [512, 384, 1536];
+  const a = tf.randomNormal([M, K]), b = tf.randomNormal([K, N]), bT = tf.randomNormal([N, K]), aT = tf.randomNormal([K, M]);
+  const q = tf.randomNormal([24, 256, 64]), kT = tf.randomNormal([24, 64, 256]);
+  const res = {
+    'matmul 512x384x1536': gflops(() => tf.matMul(a, b), 2 * M * K * N),
+    'matmul transposeB': gflops(() => tf.matMul(a, bT, false, true), 2 * M * K * N, 3),
+    'matmul transposeA': gflops(() => tf.matMul(aT, b, true, false), 2 * M * K * N, 3),
+    'explicit transpose + matmul': gflops(() => tf.tidy(() => tf.matMul(a, tf.transpose(bT))), 2 * M * K * N),
+    'batched 24x256x64x256': gflops(() => tf.matMul(q, kT), 2 * 24 * 256 * 64 * 256),
+  };
+  for (const t of [a, b, bT, aT, q, kT]) t.dispose();
+  return res;
+}
+
+const backend = await initBackend(args.backend as BackendName);
+const rows: Row[] = [];
+for (const c of CONFIGS) {
+  rows.push(await benchTraining(c.name, c.model, c.batch, 'ours'));
+  if (!args['skip-reference']) rows.push(await benchTraining(c.name, c.model, c.batch, 'reference'));
+}
+const mm = benchMatmul();
+if (args.json) {
+  console.log(JSON.stringify({ backend: backend.name, steps: STEPS, training: rows, matmul_gflops: mm }));
+} else {
+  console.log(`backend: ${backend.name} (${backend.detail}); ${STEPS} timed steps after 2 warm-up steps; node ${process.version}`);
+  console.table(rows);
+  console.log('matmul GFLOP/s:');
+  console.table(Object.fromEntries(Object.entries(mm).map(([k, v]) => [k, { gflops: Number(v.toFixed(2)) }])));
+}

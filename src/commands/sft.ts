@@ -1,0 +1,32 @@
+import type { CommandModule } from 'yargs';
+import { SftConfigSchema } from '../config/stages.js';
+import { sft } from '../train/sft.js';
+import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend } from './common.js';
+
+type Args = GlobalArgs & { resume: boolean };
+
+export const sftCommand: CommandModule<GlobalArgs, Args> = {
+  command: 'sft',
+  describe: 'full instruction fine-tuning on Alpaca / chat JSONL (loss on assistant tokens only)',
+  builder: (y) => y.option('resume', { type: 'boolean', default: false, describe: 'continue from the trainer state in out_dir' }),
+  handler: handler<Args>('sft', async (args) => {
+    const cfg = loadStageConfig(SftConfigSchema, args, { 'train.seed': args.seed });
+    await startBackend(args);
+    const r = await sft(cfg, { resume: args.resume });
+    printSummary(args, 'sft', {
+      out_dir: cfg.out_dir,
+      base: cfg.base,
+      trainable_params: r.trainableParams,
+      rows: r.data.rows,
+      skipped_rows: r.data.skipped,
+      truncated: r.data.stats.truncated,
+      train_rows: r.data.trainRows,
+      steps: r.step,
+      train_loss: r.finalLoss,
+      ...(r.metrics.val_loss !== undefined ? { val_loss: r.metrics.val_loss, val_ppl: r.metrics.val_ppl } : {}),
+      tokens_per_s: Math.round(r.tokensPerSecond),
+      interrupted: r.interrupted,
+    });
+    if (r.interrupted) process.exitCode = 130;
+  }),
+};

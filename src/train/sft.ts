@@ -1,0 +1,300 @@
+/**
+ * `llmctl sft` (full fine-tuning) and `llmctl lora` (adapter-only) on instruction data, both through the
+ * shared trainer loop. The loss is next-token cross-entropy counted only where the TARGET token is an
+ * assistant token (see src/data/sft.ts for the mask).
+ *
+ * LoRA: only `<module>.lora_A/B` are tf.Variables; the base weights stay plain tensors, so the optimizer
+ * never touches them and the forward runs with `freezeBase` (the kernels skip their weight gradients).
+ * Its checkpoint holds adapter_config.json + adapter_model.safetensors (PEFT names), config.json,
+ * tokenizer, trainer state and optimizer moments, never the base weights; adapter_config's
+ * base_model_name_or_path and the manifest's parent name the base checkpoint.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, saveCheckpoint } from '../checkpoint/model.js';
+import type { SftConfig, SftDataConfig, LoraStageConfig } from '../config/stages.js';
+import {
+  type SftBatch,
+  type SftExample,
+  type TokenizeStats,
+  assertChatTokenizer,
+  disposeSftBatch,
+  fixedBatches,
+  makeSftBatch,
+  packExamples,
+  readSftJsonl,
+  sftBatchSource,
+  tokenizeSft,
+} from '../data/sft.js';
+import { type ForwardOptions, type ModelConfig, type Params, countParams, forward } from '../model/gpt.js';
+import { type LoraConfig, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
+import type { Tokenizer } from '../tokenizer/index.js';
+import { log } from '../util/log.js';
+import { crossEntropy } from './losses.js';
+import { type TrainJob, type TrainResult, train } from './trainer.js';
+
+// ---------------------------------------------------------------------------------------------
+// Data
+// ---------------------------------------------------------------------------------------------
+
+export interface SftData {
+  train: SftExample[];
+  val: SftExample[];
+  rows: number;
+  skipped: number;
+  stats: TokenizeStats;
+  /** Rows after packing (equal to stats.examples without packing). */
+  trainRows: number;
+}
+
+/** Read, validate, render, truncate (and pack) the SFT data for a model of context n_ctx. */
+export function loadSftData(d: SftDataConfig, tokenizer: Tokenizer, nCtx: number, where: string): SftData {
+  assertChatTokenizer(tokenizer, where);
+  const read = readSftJsonl(d.path, { format: d.format, skipInvalid: d.skip_invalid });
+  if (read.skipped) log().warn({ skipped: read.skipped, first: read.skippedReasons }, `skipped ${read.skipped} invalid rows of ${d.path}`);
+  const rows = d.max_rows ? read.rows.slice(0, d.max_rows) : read.rows;
+  const maxLen = nCtx + 1; // n_ctx inputs, n_ctx targets
+  const { examples, stats } = tokenizeSft(tokenizer, rows, maxLen);
+  if (stats.truncated) log().info({ truncated: stats.truncated, of: rows.length, max_tokens: maxLen }, `truncated ${stats.truncated} of ${rows.length} examples to n_ctx + 1 = ${maxLen} tokens`);
+  if (stats.droppedNoTarget) log().warn({ dropped: stats.droppedNoTarget }, `dropped ${stats.droppedNoTarget} examples with no response token left after truncation`);
+  if (examples.length === 0) throw new Error(`${d.path}: no example has a response token within n_ctx + 1 = ${maxLen} tokens`);
+  const nVal = d.val_fraction > 0 ? Math.min(examples.length - 1, Math.max(1, Math.round(examples.length * d.val_fraction))) : 0;
+  const trainEx = examples.slice(0, examples.length - nVal);
+  const valEx = examples.slice(examples.length - nVal);
+  const train = d.packing ? packExamples(trainEx, maxLen) : trainEx;
+  const val = d.packing ? packExamples(valEx, maxLen) : valEx;
+  log().info({ rows: rows.length, skipped: read.skipped, examples: examples.length, train_rows: train.length, val_rows: val.length, truncated: stats.truncated, target_tokens: stats.targetTokens, packing: d.packing }, 'sft data');
+  return { train, val, rows: rows.length, skipped: read.skipped, stats, trainRows: train.length };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loss
+// ---------------------------------------------------------------------------------------------
+
+/** Masked next-token loss of one batch: mean NLL over positions whose target is a trained token. */
+export function sftLoss(params: Params, config: ModelConfig, batch: SftBatch, fwd: ForwardOptions = {}): tf.Scalar {
+  return tf.tidy(() => {
+    const { logits } = forward(params, config, batch.inputs, fwd);
+    return crossEntropy(tf.reshape(logits, [-1, config.vocab_size]) as tf.Tensor2D, batch.targets, batch.mask);
+  });
+}
+
+/** Token-weighted mean masked loss over fixed batches of examples (no dropout). */
+export function sftEvalLoss(params: Params, config: ModelConfig, examples: readonly SftExample[], batchSize: number, maxBatches: number, padId: number, fwd: ForwardOptions = {}): number {
+  let sum = 0, count = 0;
+  for (const group of fixedBatches(examples, batchSize, maxBatches)) {
+    const b = makeSftBatch(group, padId);
+    const l = sftLoss(params, config, b, { ...fwd, training: false });
+    sum += l.dataSync()[0]! * b.trainTokens;
+    count += b.trainTokens;
+    l.dispose();
+    disposeSftBatch(b);
+  }
+  return count > 0 ? sum / count : NaN;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------------------------
+
+export interface FinetuneOptions {
+  /** Continue from the trainer state saved in out_dir. */
+  resume?: boolean;
+  quiet?: boolean;
+  /** Called after every optimizer step (tests watch memory here). */
+  onStep?: TrainJob<SftBatch>['onStep'];
+  /** Called once after training, before the tensors are freed, with every tensor the forward read (base + adapter). */
+  inspect?(params: Params): void;
+}
+
+export interface FinetuneResult extends TrainResult {
+  config: ModelConfig;
+  /** Parameters the optimizer updates. */
+  trainableParams: number;
+  /** Parameters of the base model. */
+  baseParams: number;
+  data: Omit<SftData, 'train' | 'val'>;
+}
+
+function resumeDirOf(outDir: string, resume: boolean | undefined): string | undefined {
+  const dir = resume && existsSync(join(outDir, 'trainer_state.json')) ? outDir : undefined;
+  if (resume && !dir) log().warn({ out_dir: outDir }, 'nothing to resume (no trainer_state.json): starting fresh');
+  return dir;
+}
+
+function toVariables(tensors: Params): Record<string, tf.Variable> {
+  const out: Record<string, tf.Variable> = {};
+  for (const [name, t] of Object.entries(tensors)) {
+    out[name] = tf.variable(t, true);
+    t.dispose();
+  }
+  return out;
+}
+
+function evaluator(data: SftData, params: () => Params, config: ModelConfig, cfg: SftConfig | LoraStageConfig, padId: number, fwd: ForwardOptions) {
+  if (data.val.length === 0) return undefined;
+  return () => {
+    const val_loss = sftEvalLoss(params(), config, data.val, cfg.train.batch_size, cfg.train.eval_batches, padId, fwd);
+    return { val_loss, val_ppl: Math.exp(val_loss) };
+  };
+}
+
+/** Full fine-tuning: every weight trains; saves a full checkpoint (parent: cfg.base). */
+export async function sft(cfg: SftConfig, o: FinetuneOptions = {}): Promise<FinetuneResult> {
+  const resumeDir = resumeDirOf(cfg.out_dir, o.resume);
+  const ck = loadCheckpoint(resumeDir ?? cfg.base);
+  const { config, tokenizer } = ck;
+  let data: SftData;
+  try {
+    data = loadSftData(cfg.data, tokenizer, config.n_ctx, ck.dir);
+  } catch (err) {
+    disposeParams(ck.params);
+    throw err;
+  }
+  const params = toVariables(ck.params);
+  const resume = resumeDir ? loadTrainerState(resumeDir) : undefined;
+  const padId = tokenizer.padId;
+  log().info({ params: countParams(config), base: cfg.base, resume: Boolean(resumeDir) }, 'sft');
+  try {
+    const result = await train<SftBatch>({
+      stage: 'sft',
+      outDir: cfg.out_dir,
+      params,
+      loss: (batch) => sftLoss(params, config, batch, { training: true }),
+      batches: sftBatchSource(data.train, cfg.train.batch_size, padId, cfg.train.seed, (resume?.state.step ?? 0) * cfg.train.grad_accum),
+      evaluate: evaluator(data, () => params, config, cfg, padId, {}),
+      save: (payload) =>
+        saveCheckpoint(cfg.out_dir, { config, params, tokenizer, stage: 'sft', stageConfig: cfg, parentDir: cfg.base, metrics: payload.metrics, trainer: payload }),
+      optim: cfg.optim,
+      loop: cfg.train,
+      resume,
+      quiet: o.quiet,
+      onStep: o.onStep,
+    });
+    o.inspect?.(params);
+    const n = countParams(config);
+    return { ...result, config, trainableParams: n, baseParams: n, data: summary(data) };
+  } finally {
+    for (const v of Object.values(params)) v.dispose();
+  }
+}
+
+function summary(d: SftData): Omit<SftData, 'train' | 'val'> {
+  return { rows: d.rows, skipped: d.skipped, stats: d.stats, trainRows: d.trainRows };
+}
+
+/** Adapter settings of a LoRA stage config, in lora.ts's shape. */
+export function adapterConfig(cfg: LoraStageConfig): LoraConfig {
+  return { r: cfg.lora.r, alpha: cfg.lora.alpha, dropout: cfg.lora.dropout, target_modules: [...cfg.lora.target_modules] };
+}
+
+/** LoRA: only the adapter trains; the base checkpoint is read, never written. */
+export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promise<FinetuneResult & { adapterParams: number; modules: string[] }> {
+  const resumeDir = resumeDirOf(cfg.out_dir, o.resume);
+  const base: LoadedCheckpoint = loadCheckpoint(cfg.base);
+  const { config, tokenizer } = base;
+  const acfg = adapterConfig(cfg);
+  let data: SftData, modules: string[], initial: Params;
+  try {
+    modules = targetModules(config, acfg);
+    data = loadSftData(cfg.data, tokenizer, config.n_ctx, base.dir);
+    if (resumeDir) {
+      const saved = loadAdapter(resumeDir);
+      initial = saved.lora;
+      const want = new Set(modules.flatMap((m) => [`${m}.lora_A`, `${m}.lora_B`]));
+      const got = Object.keys(initial);
+      if (saved.config.r !== acfg.r || got.length !== want.size || got.some((k) => !want.has(k))) {
+        disposeParams(initial);
+        throw new Error(`${resumeDir}: the saved adapter (r=${saved.config.r}, ${got.length / 2} modules) does not match lora settings in the config (r=${acfg.r}, ${modules.length} modules); cannot resume`);
+      }
+    } else {
+      initial = initLora(config, acfg, cfg.train.seed);
+    }
+  } catch (err) {
+    disposeParams(base.params);
+    throw err;
+  }
+  const adapter = toVariables(initial);
+  const all: Params = { ...base.params, ...adapter };
+  const scale = loraScale(acfg);
+  const fwd: ForwardOptions = { loraScale: scale, loraDropout: acfg.dropout, freezeBase: true };
+  const resume = resumeDir ? loadTrainerState(resumeDir) : undefined;
+  const padId = tokenizer.padId;
+  const adapterParams = Object.values(adapter).reduce((n, v) => n + v.size, 0);
+  const baseParams = countParams(config);
+  log().info({ base: cfg.base, base_params: baseParams, adapter_params: adapterParams, modules: modules.length, r: acfg.r, alpha: acfg.alpha, resume: Boolean(resumeDir) }, 'lora');
+  try {
+    const result = await train<SftBatch>({
+      stage: 'lora',
+      outDir: cfg.out_dir,
+      params: adapter,
+      loss: (batch) => sftLoss(all, config, batch, { ...fwd, training: true }),
+      batches: sftBatchSource(data.train, cfg.train.batch_size, padId, cfg.train.seed, (resume?.state.step ?? 0) * cfg.train.grad_accum),
+      evaluate: evaluator(data, () => all, config, cfg, padId, fwd),
+      save: (payload) =>
+        saveCheckpoint(cfg.out_dir, {
+          config,
+          params: {},
+          skipModel: true,
+          extra: (tmp) => saveAdapter(tmp, adapter, acfg, cfg.base),
+          tokenizer,
+          stage: 'lora',
+          stageConfig: cfg,
+          parentDir: cfg.base,
+          metrics: payload.metrics,
+          trainer: payload,
+        }),
+      optim: cfg.optim,
+      loop: cfg.train,
+      resume,
+      quiet: o.quiet,
+      onStep: o.onStep,
+    });
+    o.inspect?.(all);
+    return { ...result, config, trainableParams: adapterParams, baseParams, adapterParams, modules, data: summary(data) };
+  } finally {
+    for (const v of Object.values(adapter)) v.dispose();
+    disposeParams(base.params);
+  }
+}
+
+/** Fold an adapter into its base: writes a plain full checkpoint (stage lora-merge, parent = base). */
+export async function mergeLora(o: { base?: string; adapter: string; out: string }): Promise<{ base: string; config: ModelConfig; modules: number }> {
+  const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter);
+  const baseDir = o.base ?? baseModel;
+  if (!baseDir) {
+    disposeParams(adapterParams);
+    throw new Error(`${join(o.adapter, 'adapter_config.json')}: no base_model_name_or_path; pass --base`);
+  }
+  let ck: LoadedCheckpoint;
+  try {
+    ck = loadCheckpoint(baseDir);
+  } catch (err) {
+    disposeParams(adapterParams);
+    throw err;
+  }
+  try {
+    for (const name of Object.keys(adapterParams)) {
+      const module = name.replace(/\.lora_[AB]$/, '');
+      if (!ck.params[`${module}.weight`]) throw new Error(`${o.adapter}: adapter targets '${module}', which the base model ${baseDir} does not have`);
+    }
+    const merged = mergeAdapter(ck.params, adapterParams, loraScale(acfg));
+    try {
+      await saveCheckpoint(o.out, {
+        config: ck.config,
+        params: merged,
+        tokenizer: ck.tokenizer,
+        stage: 'lora-merge',
+        stageConfig: { base: baseDir, adapter: o.adapter, lora: acfg },
+        parentDir: baseDir,
+      });
+    } finally {
+      disposeParams(merged);
+    }
+    return { base: baseDir, config: ck.config, modules: Object.keys(adapterParams).length / 2 };
+  } finally {
+    disposeParams(ck.params);
+    disposeParams(adapterParams);
+  }
+}
