@@ -7,6 +7,7 @@ import type { Argv } from 'yargs';
 import type { z } from 'zod';
 import { type BackendName, BACKENDS, initBackend } from '../backend/index.js';
 import { ConfigError, loadConfig } from '../config/load.js';
+import type { TrainResult } from '../train/trainer.js';
 import { type LogLevel, log, setupLogger } from '../util/log.js';
 
 export interface GlobalArgs {
@@ -81,4 +82,17 @@ function formatValue(v: unknown): string {
   if (typeof v === 'number') return Number.isInteger(v) ? v.toLocaleString('en-US') : v.toPrecision(5);
   if (typeof v === 'object' && v !== null) return JSON.stringify(v);
   return String(v);
+}
+
+/** The rows every training stage reports, and exit code 130 when Ctrl-C stopped the run early. */
+export function trainingSummary(r: TrainResult): Record<string, unknown> {
+  if (r.interrupted) process.exitCode = 130;
+  return {
+    steps: r.step,
+    tokens_seen: r.tokensSeen,
+    train_loss: r.finalLoss,
+    ...(r.metrics.val_loss !== undefined ? { val_loss: r.metrics.val_loss, val_ppl: r.metrics.val_ppl } : {}),
+    tokens_per_s: Math.round(r.tokensPerSecond),
+    interrupted: r.interrupted,
+  };
 }

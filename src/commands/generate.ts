@@ -1,8 +1,7 @@
 import type { CommandModule } from 'yargs';
-import { loadCheckpoint, disposeParams } from '../checkpoint/model.js';
 import { GenerateConfigSchema } from '../config/stages.js';
 import { generate } from '../model/generate.js';
-import { applyAdapter } from '../model/lora.js';
+import { loadForInference } from '../model/lora.js';
 import { promptIds } from '../model/prompt.js';
 import { log } from '../util/log.js';
 import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend } from './common.js';
@@ -34,19 +33,17 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
       'sampling.top_p': args['top-p'], 'sampling.repetition_penalty': args['repetition-penalty'], 'sampling.stop': args.stop, 'sampling.seed': args.seed,
     });
     await startBackend(args);
-    const model = loadCheckpoint(cfg.checkpoint);
-    const adapter = cfg.adapter ? applyAdapter(model.params, cfg.adapter) : undefined;
+    const { model, scale, dispose } = loadForInference(cfg.checkpoint, cfg.adapter);
     const ids = promptIds(model.tokenizer, cfg.prompt, cfg.chat);
     if (!args.json) process.stdout.write(cfg.prompt && !cfg.chat ? cfg.prompt : '');
-    const g = generate({ ...model, params: adapter?.params ?? model.params }, ids, {
+    const g = generate(model, ids, {
       ...cfg.sampling,
-      forward: adapter ? { loraScale: adapter.scale } : undefined,
+      forward: scale !== undefined ? { loraScale: scale } : undefined,
       onText: args.json ? undefined : (t) => process.stdout.write(t),
     });
     if (!args.json) process.stdout.write('\n');
     log().info({ prompt_tokens: g.promptTokens, completion_tokens: g.ids.length, ttft_ms: Math.round(g.ttftMs), tokens_per_s: Math.round(g.tokensPerSecond), finish_reason: g.finishReason }, 'generate');
     if (args.json) printSummary(args, 'generate', { text: g.text, prompt_tokens: g.promptTokens, completion_tokens: g.ids.length, finish_reason: g.finishReason, ttft_ms: g.ttftMs, tokens_per_s: g.tokensPerSecond });
-    adapter?.dispose();
-    disposeParams(model.params);
+    dispose();
   }),
 };

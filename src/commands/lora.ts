@@ -4,7 +4,7 @@ import type { CommandModule } from 'yargs';
 import { LoraConfigSchema } from '../config/stages.js';
 import { ADAPTER_WEIGHTS_FILE } from '../model/lora.js';
 import { lora, mergeLora } from '../train/sft.js';
-import { type GlobalArgs, InputError, handler, loadStageConfig, printSummary, startBackend } from './common.js';
+import { type GlobalArgs, InputError, handler, loadStageConfig, printSummary, startBackend, trainingSummary } from './common.js';
 
 type Args = GlobalArgs & { action?: string; resume: boolean; base?: string; adapter?: string; out?: string };
 
@@ -42,12 +42,7 @@ export const loraCommand: CommandModule<GlobalArgs, Args> = {
       rows: r.data.rows,
       skipped_rows: r.data.skipped,
       truncated: r.data.stats.truncated,
-      steps: r.step,
-      train_loss: r.finalLoss,
-      ...(r.metrics.val_loss !== undefined ? { val_loss: r.metrics.val_loss, val_ppl: r.metrics.val_ppl } : {}),
-      tokens_per_s: Math.round(r.tokensPerSecond),
-      interrupted: r.interrupted,
+      ...trainingSummary(r),
     });
-    if (r.interrupted) process.exitCode = 130;
   }),
 };

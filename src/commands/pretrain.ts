@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { PretrainConfigSchema } from '../config/stages.js';
 import { pretrain } from '../train/pretrain.js';
-import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend } from './common.js';
+import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend, trainingSummary } from './common.js';
 
 type Args = GlobalArgs & { resume: boolean };
 
@@ -16,13 +16,7 @@ export const pretrainCommand: CommandModule<GlobalArgs, Args> = {
     printSummary(args, 'pretrain', {
       out_dir: cfg.out_dir,
       params: r.params,
-      steps: r.step,
-      tokens_seen: r.tokensSeen,
-      train_loss: r.finalLoss,
-      ...(r.metrics.val_loss !== undefined ? { val_loss: r.metrics.val_loss, val_ppl: r.metrics.val_ppl } : {}),
-      tokens_per_s: Math.round(r.tokensPerSecond),
-      interrupted: r.interrupted,
+      ...trainingSummary(r),
     });
-    if (r.interrupted) process.exitCode = 130;
   }),
 };

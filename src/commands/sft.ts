@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { SftConfigSchema } from '../config/stages.js';
 import { sft } from '../train/sft.js';
-import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend } from './common.js';
+import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend, trainingSummary } from './common.js';
 
 type Args = GlobalArgs & { resume: boolean };
 
@@ -21,12 +21,7 @@ export const sftCommand: CommandModule<GlobalArgs, Args> = {
       skipped_rows: r.data.skipped,
       truncated: r.data.stats.truncated,
       train_rows: r.data.trainRows,
-      steps: r.step,
-      train_loss: r.finalLoss,
-      ...(r.metrics.val_loss !== undefined ? { val_loss: r.metrics.val_loss, val_ppl: r.metrics.val_ppl } : {}),
-      tokens_per_s: Math.round(r.tokensPerSecond),
-      interrupted: r.interrupted,
+      ...trainingSummary(r),
     });
-    if (r.interrupted) process.exitCode = 130;
   }),
 };

@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { readJson, writeJson } from '../checkpoint/manifest.js';
+import { type LoadedCheckpoint, disposeParams, loadCheckpoint } from '../checkpoint/model.js';
 import { readSafetensors, toFloat32, writeSafetensors } from '../checkpoint/safetensors.js';
 import { Rng } from '../util/rng.js';
 import type { ModelConfig, Params } from './gpt.js';
@@ -120,4 +121,29 @@ export function mergeAdapter(base: Params, lora: Params, scale: number): Params 
     merged[name] = A && B ? tf.tidy(() => tf.add(w, tf.mul(tf.matMul(A, B), scale))) : tf.clone(w);
   }
   return merged;
+}
+
+/**
+ * What generate (and later eval and serve) load: a full checkpoint, optionally with an adapter on top.
+ * `dir` may itself be a LoRA output directory; its base comes from adapter_config.json.
+ */
+export function loadForInference(dir: string, adapterDir?: string): { model: LoadedCheckpoint; scale?: number; dispose(): void } {
+  let baseDir = dir;
+  if (!existsSync(join(dir, 'model.safetensors')) && existsSync(join(dir, ADAPTER_CONFIG_FILE))) {
+    if (adapterDir) throw new Error(`${dir}: is an adapter directory; pass its base as the checkpoint to use --adapter ${adapterDir}`);
+    adapterDir = dir;
+    baseDir = loadAdapter(dir).baseModel;
+    if (!baseDir) throw new Error(`${join(dir, ADAPTER_CONFIG_FILE)}: no base_model_name_or_path to load the base model from`);
+  }
+  const model = loadCheckpoint(baseDir);
+  if (!adapterDir) return { model, dispose: () => disposeParams(model.params) };
+  const adapter = applyAdapter(model.params, adapterDir);
+  return {
+    model: { ...model, params: adapter.params },
+    scale: adapter.scale,
+    dispose: () => {
+      adapter.dispose();
+      disposeParams(model.params);
+    },
+  };
 }

@@ -9,25 +9,26 @@ export function pairKey(a: number, b: number): number {
   return a * ID_SPACE + b;
 }
 
-/** Binary min-heap of plain numbers (packed keys), no allocation per entry. */
-export class NumberMinHeap {
-  private readonly h: number[] = [];
+/** Binary heap ordered by `before` (the element that should pop first). One class for the merge loop and training. */
+export class Heap<T> {
+  private readonly h: T[] = [];
+  constructor(private readonly before: (a: T, b: T) => boolean) {}
   get size(): number {
     return this.h.length;
   }
-  push(v: number): void {
+  push(v: T): void {
     const h = this.h;
     let i = h.length;
     h.push(v);
     while (i > 0) {
       const p = (i - 1) >> 1;
-      if (h[p]! <= v) break;
+      if (!this.before(v, h[p]!)) break;
       h[i] = h[p]!;
       i = p;
     }
     h[i] = v;
   }
-  pop(): number {
+  pop(): T {
     const h = this.h;
     const top = h[0]!;
     const last = h.pop()!;
@@ -38,8 +39,8 @@ export class NumberMinHeap {
         const l = 2 * i + 1;
         if (l >= n) break;
         const r = l + 1;
-        const c = r < n && h[r]! < h[l]! ? r : l;
-        if (h[c]! >= last) break;
+        const c = r < n && this.before(h[r]!, h[l]!) ? r : l;
+        if (!this.before(h[c]!, last)) break;
         h[i] = h[c]!;
         i = c;
       }
@@ -83,7 +84,7 @@ export class MergeTable {
       next[i] = i + 1 < n ? i + 1 : -1;
       prev[i] = i - 1;
     }
-    const heap = new NumberMinHeap();
+    const heap = new Heap<number>((a, b) => a < b);
     const pushPair = (i: number): void => {
       const j = next[i]!;
       if (j < 0) return;

@@ -1,6 +1,6 @@
 /** Byte-level BPE training with incremental pair counts. */
 import { bytesKey, utf8Encoder } from './bytes.js';
-import { ID_SPACE, pairKey } from './bpe.js';
+import { Heap, ID_SPACE, pairKey } from './bpe.js';
 
 export interface TrainedMerges {
   /** In rank order; ids 0..255 are raw bytes, merged tokens start at 256. */
@@ -19,44 +19,6 @@ function better(x: HeapEntry, y: HeapEntry): boolean {
   return x.count > y.count || (x.count === y.count && x.key < y.key);
 }
 
-class MaxHeap {
-  private readonly h: HeapEntry[] = [];
-  get size(): number {
-    return this.h.length;
-  }
-  push(e: HeapEntry): void {
-    const h = this.h;
-    let i = h.length;
-    h.push(e);
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (!better(e, h[p]!)) break;
-      h[i] = h[p]!;
-      i = p;
-    }
-    h[i] = e;
-  }
-  pop(): HeapEntry {
-    const h = this.h;
-    const top = h[0]!;
-    const last = h.pop()!;
-    const n = h.length;
-    if (n > 0) {
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        if (l >= n) break;
-        const r = l + 1;
-        const c = r < n && better(h[r]!, h[l]!) ? r : l;
-        if (!better(h[c]!, last)) break;
-        h[i] = h[c]!;
-        i = c;
-      }
-      h[i] = last;
-    }
-    return top;
-  }
-}
 
 /**
  * Learns merges until `numTokens` ids exist (256 bytes + merged tokens) or no pair
@@ -100,7 +62,7 @@ export function trainByteBpe(
       noteWhere(k, w);
     }
   }
-  const heap = new MaxHeap();
+  const heap = new Heap<HeapEntry>(better);
   for (const [key, count] of pairCounts) heap.push({ count, key });
 
   const merges: Array<[number, number, number]> = [];
