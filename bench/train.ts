@@ -29,7 +29,7 @@ const CONFIGS: { name: string; model: ModelConfig; batch: number }[] = [
   { name: 'large (ctx 256, 6L, d384, 6h, b4)', batch: 4, model: resolveModelConfig({ arch: 'gpt2', vocab_size: 256, n_ctx: 256, n_layer: 6, n_embd: 384, n_head: 6 }) },
 ];
 
-interface Row { config: string; kernels: string; params: number; tokens_per_s: number; step_ms: number; peak_rss_mb: number; peak_tensor_mb: number }
+interface Row { config: string; kernels: string; params: number; tokens_per_s: number; step_ms: number; peak_rss_mb: number; live_tensor_mb: number }
 
 async function benchTraining(name: string, model: ModelConfig, batch: number, kernels: 'ours' | 'reference'): Promise<Row> {
   setReferenceKernels(kernels === 'reference');
@@ -43,7 +43,7 @@ async function benchTraining(name: string, model: ModelConfig, batch: number, ke
   const rng = new Rng(7);
   const tokens = Uint16Array.from({ length: 200_000 }, () => rng.nextInt(model.vocab_size));
   const warmup = 2;
-  let seconds = 0, counted = 0, peakRss = 0, peakTensor = 0;
+  let seconds = 0, counted = 0, peakRss = 0, liveTensor = 0;
   await train<LmBatch>({
     stage: 'bench', outDir: out, params, quiet: true,
     loss: (b) => lmLoss(params, model, b, true),
@@ -53,7 +53,7 @@ async function benchTraining(name: string, model: ModelConfig, batch: number, ke
     loop: { max_steps: warmup + STEPS, batch_size: batch, grad_accum: 1, eval_every: 0, eval_batches: 1, save_every: 0, log_every: 1000, seed: 1 },
     onStep: ({ step, seconds: s }) => {
       peakRss = Math.max(peakRss, process.memoryUsage().rss);
-      peakTensor = Math.max(peakTensor, tf.memory().numBytes);
+      liveTensor = Math.max(liveTensor, tf.memory().numBytes); // between steps: weights, AdamW moments
       if (step > warmup) {
         seconds += s;
         counted += 1;
@@ -64,7 +64,7 @@ async function benchTraining(name: string, model: ModelConfig, batch: number, ke
   rmSync(out, { recursive: true, force: true });
   setReferenceKernels(false);
   const stepMs = (seconds / counted) * 1000;
-  return { config: name, kernels, params: countParams(model), tokens_per_s: Math.round((batch * model.n_ctx) / (stepMs / 1000)), step_ms: Math.round(stepMs), peak_rss_mb: Math.round(peakRss / 2 ** 20), peak_tensor_mb: Math.round(peakTensor / 2 ** 20) };
+  return { config: name, kernels, params: countParams(model), tokens_per_s: Math.round((batch * model.n_ctx) / (stepMs / 1000)), step_ms: Math.round(stepMs), peak_rss_mb: Math.round(peakRss / 2 ** 20), live_tensor_mb: Math.round(liveTensor / 2 ** 20) };
 }
 
 function gflops(f: () => tf.Tensor, flops: number, reps = 10): number {

@@ -32,7 +32,10 @@ export interface LanguageModel {
 /** Logits row of the last position as a Float32Array. */
 function lastLogits(logits: tf.Tensor3D): Float32Array {
   const [, T, V] = logits.shape;
-  return tf.tidy(() => tf.reshape(tf.slice(logits, [0, T - 1, 0], [1, 1, V]), [V])).dataSync() as Float32Array;
+  const row = tf.slice(logits, [0, T - 1, 0], [1, 1, V]);
+  const values = row.dataSync() as Float32Array;
+  row.dispose();
+  return values;
 }
 
 export function generate(model: LanguageModel, promptIds: number[], o: GenerateOptions): Generation {
