@@ -11,8 +11,10 @@ import { pretrainCommand } from './commands/pretrain.js';
 import { sftCommand } from './commands/sft.js';
 
 export async function main(argv: string[] = hideBin(process.argv)): Promise<void> {
-  await globalOptions(yargs(argv))
+  const y = yargs(argv);
+  await globalOptions(y)
     .scriptName('llmctl')
+    .wrap(Math.min(120, y.terminalWidth()))
     .usage('$0 <command> --config file.yaml [--set key=value] [--backend auto|tensorflow|wasm|cpu]')
     .command(prepareCommand)
     .command(pretrainCommand)
