@@ -348,6 +348,14 @@ describe('train()', () => {
     // The final checkpoints of A and B hold the same weights.
     const fa = loadCheckpoint(dirA), fb = loadCheckpoint(dirB);
     assert.ok(maxParamDiff(snapshot(fa.params), snapshot(fb.params)) < 1e-6, 'final checkpoints equal');
+
+    // Resuming the finished run trains nothing, rewrites nothing and reports the last loss.
+    const manifestBefore = readFileSync(join(dirB, 'manifest.json'), 'utf8');
+    const again = await train({ ...job(dirB, pr, countingSource({ failAt: 1 }), { max_steps: 6, save_every: 3 }), resume: loadTrainerState(dirB)! });
+    assert.equal(again.step, 6);
+    assert.deepEqual(again.losses, []);
+    assert.equal(again.finalLoss, ra.losses[5], 'last loss comes from trainer_state.json');
+    assert.equal(readFileSync(join(dirB, 'manifest.json'), 'utf8'), manifestBefore, 'checkpoint untouched');
     for (const x of [pa, pr, fa.params, fb.params]) disposeParams(x);
   });
 

@@ -136,6 +136,8 @@ export const TrainerStateSchema = z.object({
   /** Where the data loader should resume (format owned by the data loader). */
   data_cursor: z.unknown().optional(),
   best_val_loss: z.number().optional(),
+  /** Training loss of the last step, so a resumed (or already finished) run can report it. */
+  last_loss: z.number().optional(),
   /** Learning rate used at the last step. */
   lr: z.number(),
   /** The schedule being followed, so a resume continues the same curve. */

@@ -60,15 +60,17 @@ export class NonFiniteLossError extends Error {}
 export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
   const { loop, optim } = job;
   const rng = new Rng(String(job.resume?.state.rng_state ?? loop.seed));
-  const optimizer = new AdamW(job.params, optim);
-  let step = 0, tokensSeen = 0;
-  let bestVal = Infinity;
-  if (job.resume) {
-    optimizer.loadState(job.resume.optimizer, job.resume.state.step);
-    step = job.resume.state.step;
-    tokensSeen = job.resume.state.tokens_seen;
-    bestVal = job.resume.state.best_val_loss ?? Infinity;
+  let step = job.resume?.state.step ?? 0;
+  let tokensSeen = job.resume?.state.tokens_seen ?? 0;
+  let bestVal = job.resume?.state.best_val_loss ?? Infinity;
+  let lastLoss = job.resume?.state.last_loss ?? NaN;
+  if (step >= loop.max_steps) {
+    // Resuming a finished run: nothing to train, and the checkpoint on disk is already final.
+    log().info({ step, max_steps: loop.max_steps }, `${job.stage}: already at step ${step} of ${loop.max_steps}; nothing to do`);
+    return { step, tokensSeen, finalLoss: lastLoss, losses: [], metrics: { train_loss: lastLoss }, tokensPerSecond: 0, interrupted: false };
   }
+  const optimizer = new AdamW(job.params, optim);
+  if (job.resume) optimizer.loadState(job.resume.optimizer, step);
   mkdirSync(job.outDir, { recursive: true });
   const metricsLog = join(job.outDir, METRICS_FILE);
   truncateMetrics(metricsLog, step);
@@ -87,13 +89,14 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
   const startStep = step;
   const losses: number[] = [];
   let metrics: Record<string, number> = {};
-  let lr = 0, lastLoss = NaN, tokensTimed = 0, secondsTimed = 0;
+  let lr = 0, tokensTimed = 0, secondsTimed = 0;
 
   const state = (): TrainerState => ({
     step,
     tokens_seen: tokensSeen,
     rng_state: rng.getState(),
     lr,
+    ...(Number.isFinite(lastLoss) ? { last_loss: lastLoss } : {}),
     ...(Number.isFinite(bestVal) ? { best_val_loss: bestVal } : {}),
     schedule: { kind: optim.schedule, peak_lr: optim.lr, min_lr: optim.min_lr, warmup_steps: optim.warmup_steps, total_steps: loop.max_steps },
   });
