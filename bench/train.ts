@@ -14,7 +14,7 @@ import { type BackendName, initBackend } from '../src/backend/index.js';
 import { type LmBatch, lmBatchSource } from '../src/data/shards.js';
 import { type ModelConfig, countParams, resolveModelConfig } from '../src/model/gpt.js';
 import { initParams } from '../src/model/init.js';
-import { setReferenceKernels } from '../src/model/kernels.js';
+import { batchMatMul, setReferenceKernels } from '../src/model/kernels.js';
 import { lmLoss } from '../src/train/pretrain.js';
 import { train } from '../src/train/trainer.js';
 import { Rng } from '../src/util/rng.js';
@@ -78,16 +78,17 @@ function gflops(f: () => tf.Tensor, flops: number, reps = 10): number {
   return flops / (((performance.now() - t0) / reps) / 1000) / 1e9;
 }
 
-function benchMatmul(): Record<string, number> {
+function benchMatmul(reps: number): Record<string, number> {
   const [M, K, N] = [512, 384, 1536];
   const a = tf.randomNormal([M, K]), b = tf.randomNormal([K, N]), bT = tf.randomNormal([N, K]), aT = tf.randomNormal([K, M]);
-  const q = tf.randomNormal([24, 256, 64]), kT = tf.randomNormal([24, 64, 256]);
+  const q = tf.randomNormal([24, 256, 64]) as tf.Tensor3D, kT = tf.randomNormal([24, 64, 256]) as tf.Tensor3D;
   const res = {
-    'matmul 512x384x1536': gflops(() => tf.matMul(a, b), 2 * M * K * N),
-    'matmul transposeB': gflops(() => tf.matMul(a, bT, false, true), 2 * M * K * N, 3),
-    'matmul transposeA': gflops(() => tf.matMul(aT, b, true, false), 2 * M * K * N, 3),
-    'explicit transpose + matmul': gflops(() => tf.tidy(() => tf.matMul(a, tf.transpose(bT))), 2 * M * K * N),
-    'batched 24x256x64x256': gflops(() => tf.matMul(q, kT), 2 * 24 * 256 * 64 * 256),
+    'matmul 512x384x1536': gflops(() => tf.matMul(a, b), 2 * M * K * N, reps),
+    'matmul transposeB': gflops(() => tf.matMul(a, bT, false, true), 2 * M * K * N, Math.min(reps, 3)),
+    'matmul transposeA': gflops(() => tf.matMul(aT, b, true, false), 2 * M * K * N, Math.min(reps, 3)),
+    'explicit transpose + matmul': gflops(() => tf.tidy(() => tf.matMul(a, tf.transpose(bT))), 2 * M * K * N, reps),
+    'batched 24x256x64x256': gflops(() => tf.matMul(q, kT), 2 * 24 * 256 * 64 * 256, reps),
+    'batched, ours (depthwise conv on wasm)': gflops(() => batchMatMul(q, kT), 2 * 24 * 256 * 64 * 256, reps),
   };
   for (const t of [a, b, bT, aT, q, kT]) t.dispose();
   return res;
@@ -99,12 +100,25 @@ for (const c of CONFIGS) {
   rows.push(await benchTraining(c.name, c.model, c.batch, 'ours'));
   if (!args['skip-reference']) rows.push(await benchTraining(c.name, c.model, c.batch, 'reference'));
 }
-const mm = benchMatmul();
+// Raw matmul speed on every backend this install has (the training rows above use the selected one).
+const matmul: Record<string, Record<string, number>> = {};
+for (const name of ['tensorflow', 'wasm', 'cpu']) {
+  if (!tf.findBackendFactory(name)) continue;
+  try {
+    if (!(await tf.setBackend(name))) continue;
+  } catch {
+    continue;
+  }
+  if (name === 'cpu') (tf.backend() as unknown as { firstUse: boolean }).firstUse = false; // no tfjs-node banner
+  matmul[name] = benchMatmul(name === 'cpu' ? 1 : 10);
+}
 if (args.json) {
-  console.log(JSON.stringify({ backend: backend.name, steps: STEPS, training: rows, matmul_gflops: mm }));
+  console.log(JSON.stringify({ backend: backend.name, steps: STEPS, training: rows, matmul_gflops: matmul }));
 } else {
   console.log(`backend: ${backend.name} (${backend.detail}); ${STEPS} timed steps after 2 warm-up steps; node ${process.version}`);
   console.table(rows);
-  console.log('matmul GFLOP/s:');
-  console.table(Object.fromEntries(Object.entries(mm).map(([k, v]) => [k, { gflops: Number(v.toFixed(2)) }])));
+  console.log('matmul GFLOP/s per backend:');
+  const table: Record<string, Record<string, number>> = {};
+  for (const [be, res] of Object.entries(matmul)) for (const [k, v] of Object.entries(res)) (table[k] ??= {})[be] = Number(v.toFixed(2));
+  console.table(table);
 }

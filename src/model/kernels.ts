@@ -144,7 +144,7 @@ export function bmm(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
  * attention sizes (24×256×64×256: 155 ms → 31 ms): input [1, M, K, N], filter [1, K, N, P] (channel
  * multiplier P), 'valid' padding → [1, M, 1, N·P]. Other backends keep their own batched matmul.
  */
-function batchMatMul(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
+export function batchMatMul(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
   if (tf.getBackend() !== 'wasm') return tf.matMul(a, b);
   return tf.tidy(() => {
     const [N, M, K] = a.shape, P = b.shape[2];
