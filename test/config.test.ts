@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { ConfigError, loadConfig, parseSetOverride } from '../src/config/load.js';
 import { ModelConfigSchema, OptimSchema, TrainLoopSchema } from '../src/config/schemas.js';
+import { PretrainConfigSchema } from '../src/config/stages.js';
 
 /** A stage-like schema built from the shared pieces. */
 const StageSchema = z.strictObject({
@@ -210,5 +211,14 @@ describe('loadConfig', () => {
       throwsConfig(() => loadConfig(StageSchema, f, ['train.max_steps=0']), '--set train.max_steps=0: train.max_steps: must be > 0');
       throwsConfig(() => loadConfig(StageSchema, f, ['optim.min_lr=1']), '--set optim.min_lr=1: optim.min_lr: must be <= lr (min_lr=1, lr=0.001)');
     });
+  });
+});
+
+describe('typos', () => {
+  test('a misspelt key is reported as the unknown key, naming the key it most likely meant', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'llmctl-typo-'));
+    const f = join(dir, 'typo.yaml');
+    writeFileSync(f, 'data: {dir: d}\nmodel: {vocab_size: 8, n_ctx: 4, n_layer: 1, n_embd: 4, n_head: 1}\ntrain: {max_steps: 3, bacth_size: 4}\nout_dir: o\n');
+    assert.throws(() => loadConfig(PretrainConfigSchema, f), (e: Error) => e.message === `${f}: train.bacth_size: unknown key (did you mean batch_size?)`);
   });
 });

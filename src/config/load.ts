@@ -45,7 +45,7 @@ export function loadConfig<S extends z.ZodType>(
   const result = schema.safeParse(data);
   if (result.success) return result.data;
   // Blame the --set argument, not the file, when the bad value came from the command line.
-  const issue = result.error.issues[0]!;
+  const issue = firstIssue(result.error.issues);
   const where = [...issue.path, ...(issue.code === 'unrecognized_keys' ? [issue.keys[0]!] : [])].join('.');
   const setArg = [...fromSet].find(([p]) => where === p || where.startsWith(`${p}.`))?.[1];
   throw new ConfigError(`${setArg ? `--set ${setArg}` : source}: ${describeIssue(issue, data)}`);
@@ -55,7 +55,35 @@ export function loadConfig<S extends z.ZodType>(
 export function validate<S extends z.ZodType>(schema: S, data: unknown, source: string): z.infer<S> {
   const result = schema.safeParse(data);
   if (result.success) return result.data;
-  throw new ConfigError(`${source}: ${describeIssue(result.error.issues[0]!, data)}`);
+  throw new ConfigError(`${source}: ${describeIssue(firstIssue(result.error.issues), data)}`);
+}
+
+/**
+ * The issue to report. A typo'd key shows up twice, as an unknown key and as a missing one
+ * (`bacth_size` / `batch_size`); the unknown key is the user's actual mistake, so it goes first, and
+ * names the missing key it most likely meant.
+ */
+function firstIssue(issues: z.core.$ZodIssue[]): z.core.$ZodIssue {
+  const unknown = issues.find((i) => i.code === 'unrecognized_keys');
+  if (!unknown || unknown.code !== 'unrecognized_keys') return issues[0]!;
+  const parent = unknown.path.join('.');
+  const missing = issues
+    .filter((i) => i.code === 'invalid_type' && i.path.slice(0, -1).join('.') === parent)
+    .map((i) => String(i.path.at(-1)));
+  const typo = unknown.keys[0]!;
+  const meant = missing.find((m) => editDistance(m, typo) <= 2);
+  return meant ? { ...unknown, keys: [typo, ...unknown.keys.slice(1)], message: `did you mean ${meant}?` } : unknown;
+}
+
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0]![j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+  }
+  return d[a.length]![b.length]!;
 }
 
 /**
@@ -178,6 +206,7 @@ export function describeIssue(issue: z.core.$ZodIssue, input: unknown): string {
       // Point at the offending key itself: "train.lrr: unknown key".
       path = [...path, issue.keys[0]!];
       reason = issue.keys.length > 1 ? `unknown key (also unknown: ${issue.keys.slice(1).join(', ')})` : 'unknown key';
+      if (issue.message.startsWith('did you mean')) reason += ` (${issue.message})`;
       break;
     case 'invalid_value': {
       const options = issue.values.map((v) => JSON.stringify(v)).join(' | ');
