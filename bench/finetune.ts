@@ -68,7 +68,7 @@ async function bench(name: string, model: ModelConfig, batch: number, mode: Mode
     batches: sftBatchSource(examples(model, 64), batch, 0, 1),
     save: async () => {},
     optim: { lr: 1e-3, min_lr: 1e-4, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1, warmup_steps: 0, schedule: 'cosine' },
-    loop: { max_steps: WARMUP + STEPS, batch_size: batch, grad_accum: 1, eval_every: 0, eval_batches: 1, save_every: 0, log_every: 1000, seed: 1 },
+    loop: { max_steps: WARMUP + STEPS, batch_size: batch, grad_accum: 1, eval_every: 0, eval_batches: 1, save_every: 0, log_every: 1000, seed: 1, workers: 1 },
     onStep: ({ step, seconds: s }) => {
       if (step > WARMUP) times.push(s * 1000);
     },

@@ -3,7 +3,9 @@
  * AdamW) through the real trainer loop, for two model sizes, with our hand-written kernels and with
  * tfjs's reference gradients; plus raw matmul GFLOP/s per backend.
  *
- *   node --import tsx bench/train.ts [--backend wasm] [--steps 8] [--json]
+ *   node --import tsx bench/train.ts [--backend wasm] [--steps 8] [--workers N] [--only small|large] [--skip-reference] [--json]
+ *
+ * --workers N: data-parallel replicas (main thread + N−1 worker threads; each step then trains N micro-batches).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -15,14 +17,16 @@ import { type LmBatch, lmBatchSource } from '../src/data/shards.js';
 import { type ModelConfig, countParams, resolveModelConfig } from '../src/model/gpt.js';
 import { initParams } from '../src/model/init.js';
 import { batchMatMul, setReferenceKernels } from '../src/model/kernels.js';
+import { tokenBatchToWire } from '../src/train/parallel.js';
 import { lmLoss } from '../src/train/pretrain.js';
 import { train } from '../src/train/trainer.js';
 import { Rng } from '../src/util/rng.js';
 
 const { values: args } = parseArgs({
-  options: { backend: { type: 'string', default: 'wasm' }, steps: { type: 'string', default: '8' }, json: { type: 'boolean', default: false }, 'skip-reference': { type: 'boolean', default: false } },
+  options: { backend: { type: 'string', default: 'wasm' }, steps: { type: 'string', default: '8' }, json: { type: 'boolean', default: false }, 'skip-reference': { type: 'boolean', default: false }, workers: { type: 'string', default: '1' }, only: { type: 'string' } },
 });
 const STEPS = Number(args.steps);
+const WORKERS = Number(args.workers);
 
 const CONFIGS: { name: string; model: ModelConfig; batch: number }[] = [
   { name: 'small (ctx 64, 4L, d128, 4h, b8)', batch: 8, model: resolveModelConfig({ arch: 'gpt2', vocab_size: 256, n_ctx: 64, n_layer: 4, n_embd: 128, n_head: 4 }) },
@@ -47,10 +51,11 @@ async function benchTraining(name: string, model: ModelConfig, batch: number, ke
   await train<LmBatch>({
     stage: 'bench', outDir: out, params, quiet: true,
     loss: (b) => lmLoss(params, model, b, true),
+    parallel: { model, forward: { training: true }, toWire: tokenBatchToWire },
     batches: lmBatchSource(tokens, batch, model.n_ctx),
     save: async () => {}, // the benchmark measures steps, not disk
     optim: { lr: 1e-3, min_lr: 1e-4, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1, warmup_steps: 0, schedule: 'cosine' },
-    loop: { max_steps: warmup + STEPS, batch_size: batch, grad_accum: 1, eval_every: 0, eval_batches: 1, save_every: 0, log_every: 1000, seed: 1 },
+    loop: { max_steps: warmup + STEPS, batch_size: batch, grad_accum: 1, eval_every: 0, eval_batches: 1, save_every: 0, log_every: 1000, seed: 1, workers: WORKERS },
     onStep: ({ step, seconds: s }) => {
       peakRss = Math.max(peakRss, process.memoryUsage().rss);
       liveTensor = Math.max(liveTensor, tf.memory().numBytes); // between steps: weights, AdamW moments
@@ -64,7 +69,7 @@ async function benchTraining(name: string, model: ModelConfig, batch: number, ke
   rmSync(out, { recursive: true, force: true });
   setReferenceKernels(false);
   const stepMs = (seconds / counted) * 1000;
-  return { config: name, kernels, params: countParams(model), tokens_per_s: Math.round((batch * model.n_ctx) / (stepMs / 1000)), step_ms: Math.round(stepMs), peak_rss_mb: Math.round(peakRss / 2 ** 20), live_tensor_mb: Math.round(liveTensor / 2 ** 20) };
+  return { config: name, kernels, params: countParams(model), tokens_per_s: Math.round((WORKERS * batch * model.n_ctx) / (stepMs / 1000)), step_ms: Math.round(stepMs), peak_rss_mb: Math.round(peakRss / 2 ** 20), live_tensor_mb: Math.round(liveTensor / 2 ** 20) };
 }
 
 function gflops(f: () => tf.Tensor, flops: number, reps = 10): number {
@@ -96,7 +101,7 @@ function benchMatmul(reps: number): Record<string, number> {
 
 const backend = await initBackend(args.backend as BackendName);
 const rows: Row[] = [];
-for (const c of CONFIGS) {
+for (const c of CONFIGS.filter((c) => !args.only || c.name.startsWith(args.only))) {
   rows.push(await benchTraining(c.name, c.model, c.batch, 'ours'));
   if (!args['skip-reference']) rows.push(await benchTraining(c.name, c.model, c.batch, 'reference'));
 }
@@ -115,7 +120,7 @@ for (const name of ['tensorflow', 'wasm', 'cpu']) {
 if (args.json) {
   console.log(JSON.stringify({ backend: backend.name, steps: STEPS, training: rows, matmul_gflops: matmul }));
 } else {
-  console.log(`backend: ${backend.name} (${backend.detail}); ${STEPS} timed steps after 2 warm-up steps; node ${process.version}`);
+  console.log(`backend: ${backend.name} (${backend.detail}); ${STEPS} timed steps after 2 warm-up steps; workers ${WORKERS}; node ${process.version}`);
   console.table(rows);
   console.log('matmul GFLOP/s per backend:');
   const table: Record<string, Record<string, number>> = {};

@@ -73,7 +73,7 @@ describe('loadConfig', () => {
     assert.equal(c.optim.min_lr, 1e-4, 'min_lr defaults to lr / 10');
     assert.equal(c.optim.schedule, 'cosine');
     assert.deepEqual(c.train, {
-      max_steps: 10, batch_size: 4, grad_accum: 1, eval_every: 100, eval_batches: 8, save_every: 500, log_every: 10, seed: 1337,
+      max_steps: 10, batch_size: 4, grad_accum: 1, eval_every: 100, eval_batches: 8, save_every: 500, log_every: 10, seed: 1337, workers: 1,
     });
   });
 

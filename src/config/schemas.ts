@@ -120,6 +120,11 @@ export const TrainLoopSchema = z.strictObject({
   save_every: nonNegInt().default(500),
   log_every: posInt().default(10),
   seed: nonNegInt().default(1337),
+  /**
+   * Data-parallel replicas: the main thread + workers−1 worker threads. Each optimizer step then
+   * processes grad_accum × workers micro-batches (same result as one process with that grad_accum).
+   */
+  workers: posInt().default(1),
 });
 
 export type TrainLoopConfigInput = z.input<typeof TrainLoopSchema>;

@@ -1,6 +1,22 @@
 /** Language-model losses as small pure functions over tensors. */
 import * as tf from '@tensorflow/tfjs-core';
+import { type ForwardOptions, type ModelConfig, type Params, forward } from '../model/gpt.js';
 import { oneHotFloat } from '../model/kernels.js';
+
+/** The batch shape every next-token stage shares (pretrain: no mask; sft/lora: mask of trained targets). */
+export interface TokenBatch {
+  inputs: tf.Tensor2D; // [B, T] int32
+  targets: tf.Tensor1D; // [B*T] int32
+  mask?: tf.Tensor1D; // [B*T] float32, 1 = counts
+}
+
+/** Next-token loss of a model on a batch: mean cross-entropy (over mask positions when there is a mask). */
+export function modelLoss(params: Params, config: ModelConfig, batch: TokenBatch, fwd: ForwardOptions = {}): tf.Scalar {
+  return tf.tidy(() => {
+    const { logits } = forward(params, config, batch.inputs, fwd);
+    return crossEntropy(tf.reshape(logits, [-1, config.vocab_size]) as tf.Tensor2D, batch.targets, batch.mask);
+  });
+}
 
 /**
  * Mean token cross-entropy. logits [N, V], targets [N] int32, mask [N] (1 = counts) optional.

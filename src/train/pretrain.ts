@@ -5,20 +5,18 @@ import { join } from 'node:path';
 import { loadCheckpoint, loadTrainerState, saveCheckpoint } from '../checkpoint/model.js';
 import type { PretrainConfig } from '../config/stages.js';
 import { type LmBatch, lmBatchSource, loadSplit, readShardMeta, sampleLmBatch } from '../data/shards.js';
-import { type ModelConfig, type Params, countParams, forward, resolveModelConfig } from '../model/gpt.js';
+import { type ModelConfig, type Params, countParams, resolveModelConfig } from '../model/gpt.js';
 import { initParams } from '../model/init.js';
 import { Tokenizer } from '../tokenizer/index.js';
 import { log } from '../util/log.js';
 import { Rng } from '../util/rng.js';
-import { crossEntropy } from './losses.js';
+import { modelLoss } from './losses.js';
+import { tokenBatchToWire } from './parallel.js';
 import { type TrainResult, train } from './trainer.js';
 
 /** Mean next-token loss of a model on a batch. */
 export function lmLoss(params: Params, config: ModelConfig, batch: LmBatch, training = false): tf.Scalar {
-  return tf.tidy(() => {
-    const { logits } = forward(params, config, batch.inputs, { training });
-    return crossEntropy(tf.reshape(logits, [-1, config.vocab_size]) as tf.Tensor2D, batch.targets);
-  });
+  return modelLoss(params, config, batch, { training });
 }
 
 /** Mean loss over `batches` fixed validation batches (same windows every time: a fixed seed). */
@@ -77,6 +75,7 @@ export async function pretrain(cfg: PretrainConfig, o: PretrainOptions = {}): Pr
       outDir: cfg.out_dir,
       params,
       loss: (batch) => lmLoss(params, config, batch, true),
+      parallel: { model: config, forward: { training: true }, toWire: tokenBatchToWire },
       batches: lmBatchSource(trainTokens, cfg.train.batch_size, config.n_ctx),
       evaluate: valTokens
         ? () => {

@@ -27,11 +27,12 @@ import {
   sftBatchSource,
   tokenizeSft,
 } from '../data/sft.js';
-import { type ForwardOptions, type ModelConfig, type Params, countParams, forward } from '../model/gpt.js';
+import { type ForwardOptions, type ModelConfig, type Params, countParams } from '../model/gpt.js';
 import { type LoraConfig, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
 import type { Tokenizer } from '../tokenizer/index.js';
 import { log } from '../util/log.js';
-import { crossEntropy } from './losses.js';
+import { modelLoss } from './losses.js';
+import { tokenBatchToWire } from './parallel.js';
 import { type TrainJob, type TrainResult, train } from './trainer.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -74,10 +75,7 @@ export function loadSftData(d: SftDataConfig, tokenizer: Tokenizer, nCtx: number
 
 /** Masked next-token loss of one batch: mean NLL over positions whose target is a trained token. */
 export function sftLoss(params: Params, config: ModelConfig, batch: SftBatch, fwd: ForwardOptions = {}): tf.Scalar {
-  return tf.tidy(() => {
-    const { logits } = forward(params, config, batch.inputs, fwd);
-    return crossEntropy(tf.reshape(logits, [-1, config.vocab_size]) as tf.Tensor2D, batch.targets, batch.mask);
-  });
+  return modelLoss(params, config, batch, fwd);
 }
 
 /** Token-weighted mean masked loss over fixed batches of examples (no dropout). */
@@ -162,7 +160,8 @@ export async function sft(cfg: SftConfig, o: FinetuneOptions = {}): Promise<Fine
       outDir: cfg.out_dir,
       params,
       loss: (batch) => sftLoss(params, config, batch, { training: true }),
-      batches: sftBatchSource(data.train, cfg.train.batch_size, padId, cfg.train.seed, (resume?.state.step ?? 0) * cfg.train.grad_accum),
+      parallel: { model: config, forward: { training: true }, toWire: tokenBatchToWire },
+      batches: sftBatchSource(data.train, cfg.train.batch_size, padId, cfg.train.seed, (resume?.state.step ?? 0) * cfg.train.grad_accum * cfg.train.workers),
       evaluate: evaluator(data, () => params, config, cfg, padId, {}),
       save: (payload) =>
         saveCheckpoint(cfg.out_dir, { config, params, tokenizer, stage: 'sft', stageConfig: cfg, parentDir: cfg.base, metrics: payload.metrics, trainer: payload }),
@@ -230,7 +229,8 @@ export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promi
       outDir: cfg.out_dir,
       params: adapter,
       loss: (batch) => sftLoss(all, config, batch, { ...fwd, training: true }),
-      batches: sftBatchSource(data.train, cfg.train.batch_size, padId, cfg.train.seed, (resume?.state.step ?? 0) * cfg.train.grad_accum),
+      parallel: { model: config, forward: { ...fwd, training: true }, frozen: base.params, toWire: tokenBatchToWire },
+      batches: sftBatchSource(data.train, cfg.train.batch_size, padId, cfg.train.seed, (resume?.state.step ?? 0) * cfg.train.grad_accum * cfg.train.workers),
       evaluate: evaluator(data, () => all, config, cfg, padId, fwd),
       save: (payload) =>
         saveCheckpoint(cfg.out_dir, {

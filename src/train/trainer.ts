@@ -13,6 +13,7 @@ import type { OptimConfig, TrainLoopConfig } from '../config/schemas.js';
 import { Progress, log } from '../util/log.js';
 import { Rng } from '../util/rng.js';
 import { AdamW, clipGradNorm, learningRate } from './adamw.js';
+import { type ParallelOptions, WorkerPool } from './parallel.js';
 
 export interface BatchSource<B> {
   /** Draw the next training micro-batch; all randomness must come from rng (resume replays it). */
@@ -43,6 +44,8 @@ export interface TrainJob<B> {
   quiet?: boolean;
   /** Called after every optimizer step (benchmarks and tests watch timing and memory here). */
   onStep?(info: { step: number; loss: number; seconds: number; tokens: number }): void;
+  /** Data parallelism over loop.workers replicas (see parallel.ts); without it, or with 1 worker, all runs here. */
+  parallel?: Omit<ParallelOptions<B>, 'workers'>;
 }
 
 export interface TrainResult {
@@ -59,6 +62,8 @@ export class NonFiniteLossError extends Error {}
 
 export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
   const { loop, optim } = job;
+  const replicas = loop.workers ?? 1; // (loop configs built by hand may predate the field)
+  if (replicas > 1 && !job.parallel) throw new Error(`${job.stage}: train.workers > 1 is not supported by this stage`);
   const rng = new Rng(String(job.resume?.state.rng_state ?? loop.seed));
   let step = job.resume?.state.step ?? 0;
   let tokensSeen = job.resume?.state.tokens_seen ?? 0;
@@ -90,6 +95,8 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
   const losses: number[] = [];
   let metrics: Record<string, number> = {};
   let lr = 0, tokensTimed = 0, secondsTimed = 0;
+  const micros = loop.grad_accum * replicas; // micro-batches per optimizer step
+  let pool: WorkerPool<B> | undefined;
 
   const state = (): TrainerState => ({
     step,
@@ -114,22 +121,41 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
   };
 
   try {
+    if (replicas > 1) pool = await WorkerPool.start({ ...job.parallel!, workers: replicas }, job.params);
     while (step < loop.max_steps) {
       const t0 = performance.now();
       lr = learningRate(step, loop.max_steps, optim);
       let grads: Record<string, tf.Tensor> = {};
       let lossSum = 0, stepTokens = 0;
-      for (let micro = 0; micro < loop.grad_accum; micro++) {
-        const batch = job.batches.next(rng);
+      const local = async (batch: B) => {
         stepTokens += job.batches.tokens(batch);
         const { value, grads: g } = tf.variableGrads(() => job.loss(batch), varList);
         job.batches.dispose(batch);
         lossSum += (await value.data())[0]!;
         value.dispose();
         grads = accumulate(grads, g, job.params);
+      };
+      if (!pool) {
+        for (let micro = 0; micro < loop.grad_accum; micro++) await local(job.batches.next(rng));
+      } else {
+        // Draw every replica's micro-batches in single-process order; ours are the first grad_accum.
+        const drawn: B[] = [];
+        try {
+          for (let i = 0; i < micros; i++) drawn.push(job.batches.next(rng));
+        } catch (err) {
+          for (const b of drawn) job.batches.dispose(b);
+          throw err;
+        }
+        const others = drawn.slice(loop.grad_accum);
+        for (const b of others) stepTokens += job.batches.tokens(b);
+        const remote = pool.run(others, loop.grad_accum, (b) => job.batches.dispose(b)); // workers start now
+        for (const b of drawn.slice(0, loop.grad_accum)) await local(b); // ...while this thread does its share
+        const r = await remote;
+        lossSum += r.lossSum;
+        grads = accumulate(grads, r.grads, job.params); // keyed by parameter name (accumulate falls back to it)
       }
-      const loss = lossSum / loop.grad_accum;
-      if (loop.grad_accum > 1) grads = scaleAll(grads, 1 / loop.grad_accum);
+      const loss = lossSum / micros;
+      if (micros > 1) grads = scaleAll(grads, 1 / micros);
       const gradNorm = Number.isFinite(loss) ? clipGradNorm(grads, optim.grad_clip) : NaN;
       if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
         for (const g of Object.values(grads)) g.dispose();
@@ -169,6 +195,7 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
   } finally {
     process.off('SIGINT', onSigint);
     optimizer.dispose();
+    await pool?.close();
   }
 
   function finish(interrupted: boolean): TrainResult {
