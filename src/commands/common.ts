@@ -79,7 +79,7 @@ export function printSummary(args: GlobalArgs, title: string, rows: Record<strin
 }
 
 function formatValue(v: unknown): string {
-  if (typeof v === 'number') return Number.isInteger(v) ? v.toLocaleString('en-US') : v.toPrecision(5);
+  if (typeof v === 'number') return Number.isInteger(v) ? v.toLocaleString('en-US') : String(Number(v.toPrecision(5)));
   if (typeof v === 'object' && v !== null) return JSON.stringify(v);
   return String(v);
 }
