@@ -124,7 +124,6 @@ function referenceForward(c: ModelConfig, P: Record<string, Float32Array>, token
     return out;
   };
   return tokens.map((seq) => {
-    const T = seq.length;
     let xs = seq.map((tok, t) => {
       const row = Array.from(P['wte.weight']!.subarray(tok * d, (tok + 1) * d));
       if (c.arch === 'gpt2') for (let i = 0; i < d; i++) row[i]! += P['wpe.weight']![t * d + i]!;

@@ -9,13 +9,14 @@
  * Writes go to a temp dir that is renamed into place, so a crash never leaves half a checkpoint.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { activeBackend } from '../backend/index.js';
 import { type ModelConfig, isLinearWeight, paramShapes, resolveModelConfig } from '../model/gpt.js';
 import { Tokenizer } from '../tokenizer/index.js';
-import { writeDirAtomic } from './dir.js';
+import { log } from '../util/log.js';
+import { sha256File, writeDirAtomic } from './dir.js';
 import { type Manifest, type TrainerState, createManifest, readJson, readManifest, readTrainerState, writeJson, writeManifest, writeTrainerState } from './manifest.js';
 import { type TensorData, readSafetensors, toFloat32, writeSafetensors } from './safetensors.js';
 
@@ -82,7 +83,7 @@ export function configJson(c: ModelConfig): Record<string, unknown> {
 export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void> {
   const weights = o.skipModel ? undefined : await toTensorData(o.params, true);
   const optimizer = o.trainer ? await toTensorData(o.trainer.optimizer, false) : undefined;
-  const parent = o.parentDir ? { path: o.parentDir, sha256: manifestHash(o.parentDir) } : null;
+  const parent = o.parentDir ? { path: o.parentDir, sha256: existsSync(join(o.parentDir, 'manifest.json')) ? await sha256File(join(o.parentDir, 'manifest.json')) : '' } : null;
   await writeDirAtomic(dir, async (tmp) => {
     const files = [CONFIG_FILE];
     writeJson(join(tmp, CONFIG_FILE), configJson(o.config));
@@ -114,11 +115,6 @@ function extraFiles(tmp: string, known: string[]): string[] {
   return ['adapter_config.json', 'adapter_model.safetensors', 'value_head.safetensors'].filter((f) => !known.includes(f) && existsSync(join(tmp, f)));
 }
 
-function manifestHash(dir: string): string {
-  const path = join(dir, 'manifest.json');
-  if (!existsSync(path)) return '';
-  return require('node:crypto').createHash('sha256').update(readFileSync(path)).digest('hex') as string;
-}
 
 export interface LoadedCheckpoint {
   dir: string;
@@ -165,6 +161,23 @@ export function loadCheckpoint(dir: string): LoadedCheckpoint {
   const tokenizer = Tokenizer.load(dir);
   const manifest = existsSync(join(dir, 'manifest.json')) ? readManifest(dir) : undefined;
   return { dir, config, params, tokenizer, manifest };
+}
+
+/** out_dir when `resume` is asked and out_dir holds a trainer state; otherwise undefined (logged). */
+export function resumableDir(outDir: string, resume: boolean | undefined): string | undefined {
+  const dir = resume && existsSync(join(outDir, 'trainer_state.json')) ? outDir : undefined;
+  if (resume && !dir) log().warn({ out_dir: outDir }, 'nothing to resume (no trainer_state.json): starting fresh');
+  return dir;
+}
+
+/** Trainable copies of loaded tensors (the tensors are consumed). */
+export function toVariables(tensors: Record<string, tf.Tensor>): Record<string, tf.Variable> {
+  const out: Record<string, tf.Variable> = {};
+  for (const [name, t] of Object.entries(tensors)) {
+    out[name] = tf.variable(t, true);
+    t.dispose();
+  }
+  return out;
 }
 
 /** Trainer state + optimizer moments, if the checkpoint was written by a trainer. */

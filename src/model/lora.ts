@@ -102,13 +102,18 @@ export function loadAdapter(dir: string): { lora: Params; config: LoraConfig; ba
   return { lora, config, baseModel: String(raw.base_model_name_or_path ?? '') };
 }
 
+/** Every adapted module must exist in the base model. */
+export function checkAdapterTargets(base: Params, lora: Params, adapterDir: string, baseDir = 'the base model'): void {
+  for (const name of Object.keys(lora)) {
+    const module = name.replace(/\.lora_[AB]$/, '');
+    if (!base[`${module}.weight`]) throw new Error(`${adapterDir}: adapter targets '${module}', which ${baseDir} does not have`);
+  }
+}
+
 /** Base params + adapter entries, ready for forward(..., { loraScale: scale }). */
 export function applyAdapter(base: Params, dir: string): { params: Params; scale: number; dispose(): void } {
   const { lora, config } = loadAdapter(dir);
-  for (const name of Object.keys(lora)) {
-    const module = name.replace(/\.lora_[AB]$/, '');
-    if (!base[`${module}.weight`]) throw new Error(`${dir}: adapter targets '${module}', which the base model does not have`);
-  }
+  checkAdapterTargets(base, lora, dir);
   return { params: { ...base, ...lora }, scale: loraScale(config), dispose: () => Object.values(lora).forEach((t) => t.dispose()) };
 }
 

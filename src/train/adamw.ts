@@ -72,6 +72,23 @@ export class AdamW {
   }
 }
 
+/**
+ * acc + g per parameter name, consuming both (the running sum of micro-batch gradients). One helper for
+ * the trainer, the data-parallel pool and its workers, so all sum in the same order.
+ */
+export function addGrads(acc: Record<string, tf.Tensor>, g: Record<string, tf.Tensor>): Record<string, tf.Tensor> {
+  const out = { ...acc };
+  for (const [name, grad] of Object.entries(g)) {
+    const prev = out[name];
+    out[name] = prev ? tf.add(prev, grad) : grad;
+    if (prev) {
+      prev.dispose();
+      grad.dispose();
+    }
+  }
+  return out;
+}
+
 /** Global L2 norm of all gradients; scales them in place to max_norm when above it. Returns the norm before clipping. */
 export function clipGradNorm(grads: Record<string, tf.Tensor>, maxNorm: number): number {
   const normT = tf.tidy(() => tf.sqrt(tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))))));

@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { parentPort, workerData } from 'node:worker_threads';
 import { type BackendName, initBackend } from '../backend/index.js';
 import type { Params } from '../model/gpt.js';
+import { addGrads } from './adamw.js';
 import { modelLoss } from './losses.js';
 import type { FromWorker, ToWorker, WorkerSpec } from './parallel.js';
 
@@ -43,19 +44,8 @@ try {
         for (const t of [batch.inputs, batch.targets, batch.mask]) t?.dispose();
         losses.push(value.dataSync()[0]!);
         value.dispose();
-        // Same order as the main thread's accumulation: running sum over this replica's micro-batches.
-        const next: Record<string, tf.Tensor> = {};
-        for (const [name, g] of Object.entries(grads)) {
-          const prev = sum[name];
-          next[name] = prev ? tf.add(prev, g) : g;
-          if (prev) {
-            prev.dispose();
-            g.dispose();
-          }
-        }
-        sum = next;
+        sum = addGrads(sum, grads); // variables are named after their parameters, so keys already match
       }
-      // Variables were named after their parameters, so the gradient keys are parameter names.
       const out = Object.fromEntries(Object.entries(sum).map(([k, g]) => [k, Float32Array.from(g.dataSync() as Float32Array)]));
       for (const g of Object.values(sum)) g.dispose();
       send({ type: 'result', losses, grads: out }, Object.values(out).map((d) => d.buffer as ArrayBuffer));

@@ -14,6 +14,7 @@ import { Worker } from 'node:worker_threads';
 import { activeBackend } from '../backend/index.js';
 import type { ModelConfig, Params } from '../model/gpt.js';
 import { log } from '../util/log.js';
+import { addGrads } from './adamw.js';
 import type { TokenBatch } from './losses.js';
 
 /** Forward options a worker can receive (no caches, no functions). */
@@ -178,19 +179,12 @@ export class WorkerPool<B> {
     for (const b of batches) dispose(b);
     const result = Promise.all(answers).then((msgs) => {
       let lossSum = 0;
-      const grads: Record<string, tf.Tensor> = {};
+      let grads: Record<string, tf.Tensor> = {};
       for (const m of msgs) {
         if (m.type !== 'result') throw new Error(`data-parallel: unexpected worker message '${m.type}'`);
         for (const l of m.losses) lossSum += l;
-        for (const [k, d] of Object.entries(m.grads)) {
-          const g = tf.tensor(d, this.params[k]!.shape, 'float32');
-          const prev = grads[k];
-          grads[k] = prev ? tf.add(prev, g) : g;
-          if (prev) {
-            prev.dispose();
-            g.dispose();
-          }
-        }
+        const received = Object.fromEntries(Object.entries(m.grads).map(([k, d]) => [k, tf.tensor(d, this.params[k]!.shape, 'float32')]));
+        grads = addGrads(grads, received);
       }
       return { lossSum, grads };
     });

@@ -1,8 +1,6 @@
 /** `llmctl pretrain`: next-token prediction on token shards, through the shared trainer loop. */
 import * as tf from '@tensorflow/tfjs-core';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { loadCheckpoint, loadTrainerState, saveCheckpoint } from '../checkpoint/model.js';
+import { loadCheckpoint, loadTrainerState, resumableDir, saveCheckpoint, toVariables } from '../checkpoint/model.js';
 import type { PretrainConfig } from '../config/stages.js';
 import { type LmBatch, lmBatchSource, loadSplit, readShardMeta, sampleLmBatch } from '../data/shards.js';
 import { type ModelConfig, type Params, countParams, resolveModelConfig } from '../model/gpt.js';
@@ -46,8 +44,7 @@ export async function pretrain(cfg: PretrainConfig, o: PretrainOptions = {}): Pr
   const trainTokens = loadSplit(cfg.data.dir, 'train');
   const valTokens = meta.splits.val.tokens > 0 ? loadSplit(cfg.data.dir, 'val') : undefined;
 
-  const resumeDir = o.resume && existsSync(join(cfg.out_dir, 'trainer_state.json')) ? cfg.out_dir : undefined;
-  if (o.resume && !resumeDir) log().warn({ out_dir: cfg.out_dir }, 'nothing to resume (no trainer_state.json): starting fresh');
+  const resumeDir = resumableDir(cfg.out_dir, o.resume);
   const sourceDir = resumeDir ?? cfg.init_from;
   let config: ModelConfig;
   let initial: Params;
@@ -62,11 +59,7 @@ export async function pretrain(cfg: PretrainConfig, o: PretrainOptions = {}): Pr
   if (config.vocab_size < tokenizer.vocabSize) {
     throw new Error(`model.vocab_size: ${config.vocab_size} is smaller than the tokenizer's ${tokenizer.vocabSize} (${cfg.data.dir})`);
   }
-  const params: Record<string, tf.Variable> = {};
-  for (const [name, t] of Object.entries(initial)) {
-    params[name] = tf.variable(t, true);
-    t.dispose();
-  }
+  const params = toVariables(initial);
   log().info({ params: countParams(config), train_tokens: trainTokens.length, val_tokens: valTokens?.length ?? 0, resume: Boolean(resumeDir) }, 'pretrain');
 
   try {

@@ -10,9 +10,8 @@
  * base_model_name_or_path and the manifest's parent name the base checkpoint.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, saveCheckpoint } from '../checkpoint/model.js';
+import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, resumableDir, saveCheckpoint, toVariables } from '../checkpoint/model.js';
 import type { SftConfig, SftDataConfig, LoraStageConfig } from '../config/stages.js';
 import {
   type SftBatch,
@@ -28,7 +27,7 @@ import {
   tokenizeSft,
 } from '../data/sft.js';
 import { type ForwardOptions, type ModelConfig, type Params, countParams } from '../model/gpt.js';
-import { type LoraConfig, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
+import { type LoraConfig, checkAdapterTargets, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
 import type { Tokenizer } from '../tokenizer/index.js';
 import { log } from '../util/log.js';
 import { modelLoss } from './losses.js';
@@ -115,21 +114,6 @@ export interface FinetuneResult extends TrainResult {
   data: Omit<SftData, 'train' | 'val'>;
 }
 
-function resumeDirOf(outDir: string, resume: boolean | undefined): string | undefined {
-  const dir = resume && existsSync(join(outDir, 'trainer_state.json')) ? outDir : undefined;
-  if (resume && !dir) log().warn({ out_dir: outDir }, 'nothing to resume (no trainer_state.json): starting fresh');
-  return dir;
-}
-
-function toVariables(tensors: Params): Record<string, tf.Variable> {
-  const out: Record<string, tf.Variable> = {};
-  for (const [name, t] of Object.entries(tensors)) {
-    out[name] = tf.variable(t, true);
-    t.dispose();
-  }
-  return out;
-}
-
 function evaluator(data: SftData, params: () => Params, config: ModelConfig, cfg: SftConfig | LoraStageConfig, padId: number, fwd: ForwardOptions) {
   if (data.val.length === 0) return undefined;
   return () => {
@@ -140,7 +124,7 @@ function evaluator(data: SftData, params: () => Params, config: ModelConfig, cfg
 
 /** Full fine-tuning: every weight trains; saves a full checkpoint (parent: cfg.base). */
 export async function sft(cfg: SftConfig, o: FinetuneOptions = {}): Promise<FinetuneResult> {
-  const resumeDir = resumeDirOf(cfg.out_dir, o.resume);
+  const resumeDir = resumableDir(cfg.out_dir, o.resume);
   const ck = loadCheckpoint(resumeDir ?? cfg.base);
   const { config, tokenizer } = ck;
   let data: SftData;
@@ -190,7 +174,7 @@ export function adapterConfig(cfg: LoraStageConfig): LoraConfig {
 
 /** LoRA: only the adapter trains; the base checkpoint is read, never written. */
 export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promise<FinetuneResult & { adapterParams: number; modules: string[] }> {
-  const resumeDir = resumeDirOf(cfg.out_dir, o.resume);
+  const resumeDir = resumableDir(cfg.out_dir, o.resume);
   const base: LoadedCheckpoint = loadCheckpoint(cfg.base);
   const { config, tokenizer } = base;
   const acfg = adapterConfig(cfg);
@@ -275,10 +259,7 @@ export async function mergeLora(o: { base?: string; adapter: string; out: string
     throw err;
   }
   try {
-    for (const name of Object.keys(adapterParams)) {
-      const module = name.replace(/\.lora_[AB]$/, '');
-      if (!ck.params[`${module}.weight`]) throw new Error(`${o.adapter}: adapter targets '${module}', which the base model ${baseDir} does not have`);
-    }
+    checkAdapterTargets(ck.params, adapterParams, o.adapter, `the base model ${baseDir}`);
     const merged = mergeAdapter(ck.params, adapterParams, loraScale(acfg));
     try {
       await saveCheckpoint(o.out, {

@@ -12,7 +12,7 @@ import { METRICS_FILE } from '../checkpoint/model.js';
 import type { OptimConfig, TrainLoopConfig } from '../config/schemas.js';
 import { Progress, log } from '../util/log.js';
 import { Rng } from '../util/rng.js';
-import { AdamW, clipGradNorm, learningRate } from './adamw.js';
+import { AdamW, addGrads, clipGradNorm, learningRate } from './adamw.js';
 import { type ParallelOptions, WorkerPool } from './parallel.js';
 
 export interface BatchSource<B> {
@@ -91,6 +91,9 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
 
   const progress = job.quiet ? undefined : new Progress(job.stage, loop.max_steps);
   const varList = Object.values(job.params);
+  // variableGrads keys gradients by variable name; the optimizer and checkpoints use parameter names.
+  const paramOfVar = new Map(Object.entries(job.params).map(([name, v]) => [v.name, name]));
+  const byParamName = (g: Record<string, tf.Tensor>) => Object.fromEntries(Object.entries(g).map(([k, t]) => [paramOfVar.get(k) ?? k, t]));
   const startStep = step;
   const losses: number[] = [];
   let metrics: Record<string, number> = {};
@@ -133,7 +136,7 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
         job.batches.dispose(batch);
         lossSum += (await value.data())[0]!;
         value.dispose();
-        grads = accumulate(grads, g, job.params);
+        grads = addGrads(grads, byParamName(g));
       };
       if (!pool) {
         for (let micro = 0; micro < loop.grad_accum; micro++) await local(job.batches.next(rng));
@@ -152,7 +155,7 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
         for (const b of drawn.slice(0, loop.grad_accum)) await local(b); // ...while this thread does its share
         const r = await remote;
         lossSum += r.lossSum;
-        grads = accumulate(grads, r.grads, job.params); // keyed by parameter name (accumulate falls back to it)
+        grads = addGrads(grads, r.grads); // already keyed by parameter name
       }
       const loss = lossSum / micros;
       if (micros > 1) grads = scaleAll(grads, 1 / micros);
@@ -203,24 +206,6 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
     progress?.done(`${job.stage}: ${step} steps, loss ${lastLoss.toFixed(4)}, ${Math.round(tokensPerSecond)} tok/s`);
     return { step, tokensSeen, finalLoss: lastLoss, losses, metrics: { ...metrics, train_loss: lastLoss, tokens_per_second: tokensPerSecond }, tokensPerSecond, interrupted };
   }
-}
-
-function accumulate(acc: Record<string, tf.Tensor>, g: Record<string, tf.Tensor>, params: Record<string, tf.Variable>): Record<string, tf.Tensor> {
-  // variableGrads keys by variable name; map back to our parameter names.
-  const byVarName = new Map(Object.entries(params).map(([name, v]) => [v.name, name]));
-  const out = { ...acc };
-  for (const [varName, grad] of Object.entries(g)) {
-    const name = byVarName.get(varName) ?? varName;
-    const prev = out[name];
-    if (prev) {
-      out[name] = tf.add(prev, grad);
-      prev.dispose();
-      grad.dispose();
-    } else {
-      out[name] = grad;
-    }
-  }
-  return out;
 }
 
 function scaleAll(grads: Record<string, tf.Tensor>, s: number): Record<string, tf.Tensor> {
