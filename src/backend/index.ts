@@ -8,8 +8,8 @@ import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core alone registers no gradients; the @tensorflow/tfjs bundle registers them all (on the same core).
 import '@tensorflow/tfjs';
 
-export type BackendName = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
-export const BACKENDS: readonly BackendName[] = ['auto', 'tensorflow', 'wasm', 'cpu'];
+import type { BackendName } from './names.js';
+export { type BackendName, BACKENDS } from './names.js';
 
 export interface BackendInfo {
   name: string; // the tfjs backend actually running: tensorflow | wasm | cpu

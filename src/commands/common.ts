@@ -3,31 +3,14 @@
  * exit codes (2 bad config/input, 1 failure, 130 interrupted), and the end-of-run summary table.
  */
 import Table from 'cli-table3';
-import type { Argv } from 'yargs';
 import type { z } from 'zod';
-import { type BackendName, BACKENDS, initBackend } from '../backend/index.js';
+import { initBackend } from '../backend/index.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import type { TrainResult } from '../train/trainer.js';
-import { type LogLevel, log, setupLogger } from '../util/log.js';
+import { log, setupLogger } from '../util/log.js';
+import type { GlobalArgs } from './global.js';
 
-export interface GlobalArgs {
-  config?: string;
-  set?: string[];
-  backend: BackendName;
-  seed?: number;
-  'log-level': LogLevel;
-  json: boolean;
-}
-
-export function globalOptions<T>(y: Argv<T>) {
-  return y
-    .option('config', { alias: 'c', type: 'string', describe: 'YAML or JSON config file' })
-    .option('set', { type: 'string', array: true, describe: 'override a config field: --set train.max_steps=100' })
-    .option('backend', { type: 'string', choices: BACKENDS as BackendName[], default: 'auto' as BackendName, describe: 'tensorflow (GPU/CPU native) > wasm > cpu' })
-    .option('seed', { type: 'number', describe: 'random seed (training batches, init, sampling)' })
-    .option('log-level', { type: 'string', choices: ['trace', 'debug', 'info', 'warn', 'error', 'silent'] as LogLevel[], default: 'info' as LogLevel })
-    .option('json', { type: 'boolean', default: false, describe: 'print the summary as JSON on stdout' });
-}
+export { type GlobalArgs, globalOptions } from './global.js';
 
 /** Thrown for bad user input that is not a config field (missing file, malformed row): exit code 2. */
 export class InputError extends Error {}

@@ -13,7 +13,6 @@ type Args = GlobalArgs & {
 
 export const generateCommand: CommandModule<GlobalArgs, Args> = {
   command: 'generate',
-  describe: 'sample text from a checkpoint (streams to stdout)',
   builder: (y) =>
     y
       .option('checkpoint', { type: 'string', describe: 'checkpoint directory' })

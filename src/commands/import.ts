@@ -8,7 +8,6 @@ type Args = GlobalArgs & { format: string; model: string; tokenizer: string; out
 
 export const importCommand: CommandModule<GlobalArgs, Args> = {
   command: 'import',
-  describe: 'convert an external model (llama2.c .bin + tok.bin) into a checkpoint directory',
   builder: (y) =>
     y
       .option('format', { type: 'string', choices: ['llama2c'], default: 'llama2c' })

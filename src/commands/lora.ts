@@ -10,7 +10,6 @@ type Args = GlobalArgs & { action?: string; resume: boolean; base?: string; adap
 
 export const loraCommand: CommandModule<GlobalArgs, Args> = {
   command: 'lora [action]',
-  describe: 'LoRA fine-tuning (train an adapter), or `lora merge` to fold an adapter into its base',
   builder: (y) =>
     y
       .positional('action', { type: 'string', choices: ['train', 'merge'], default: 'train', describe: 'train (with --config) or merge' })

@@ -18,7 +18,6 @@ type Args = GlobalArgs & { from?: string };
 
 export const pipelineCommand: CommandModule<GlobalArgs, Args> = {
   command: 'pipeline',
-  describe: 'run several stages in order, each reading the checkpoint the previous one wrote',
   builder: (y) => y.option('from', { type: 'string', describe: 'start at the first stage with this name' }),
   handler: handler<Args>('pipeline', async (args) => {
     const cfg = loadStageConfig(PipelineConfigSchema, args);

@@ -5,7 +5,6 @@ import { type GlobalArgs, handler, loadStageConfig, printSummary } from './commo
 
 export const prepareCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'prepare',
-  describe: 'tokenize text/JSONL into token shards (training a BPE tokenizer if asked)',
   handler: handler('prepare', async (args) => {
     const cfg = loadStageConfig(PrepareConfigSchema, args);
     const r = await prepare(cfg);

@@ -7,7 +7,6 @@ type Args = GlobalArgs & { resume: boolean };
 
 export const pretrainCommand: CommandModule<GlobalArgs, Args> = {
   command: 'pretrain',
-  describe: 'train a model from scratch (or continue) on token shards',
   builder: (y) => y.option('resume', { type: 'boolean', default: false, describe: 'continue from the trainer state in out_dir' }),
   handler: handler<Args>('pretrain', async (args) => {
     const cfg = loadStageConfig(PretrainConfigSchema, args, { 'train.seed': args.seed });

@@ -7,7 +7,6 @@ type Args = GlobalArgs & { resume: boolean };
 
 export const sftCommand: CommandModule<GlobalArgs, Args> = {
   command: 'sft',
-  describe: 'full instruction fine-tuning on Alpaca / chat JSONL (loss on assistant tokens only)',
   builder: (y) => y.option('resume', { type: 'boolean', default: false, describe: 'continue from the trainer state in out_dir' }),
   handler: handler<Args>('sft', async (args) => {
     const cfg = loadStageConfig(SftConfigSchema, args, { 'train.seed': args.seed });
