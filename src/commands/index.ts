@@ -13,6 +13,7 @@ export interface CommandEntry {
 
 export const COMMANDS: CommandEntry[] = [
   { name: 'prepare', describe: 'tokenize text/JSONL into token shards (training a BPE tokenizer if asked)', load: async () => (await import('./prepare.js')).prepareCommand },
+  { name: 'clean', describe: 'clean a corpus (dedup, quality filters, PII scrubbing, toxicity) into JSONL', load: async () => (await import('./clean.js')).cleanCommand },
   { name: 'pretrain', describe: 'train a model from scratch (or continue) on token shards', load: async () => (await import('./pretrain.js')).pretrainCommand },
   { name: 'generate', describe: 'sample text from a checkpoint (streams to stdout)', load: async () => (await import('./generate.js')).generateCommand },
   { name: 'import', describe: 'convert an external model (llama2.c .bin + tok.bin) into a checkpoint directory', load: async () => (await import('./import.js')).importCommand },

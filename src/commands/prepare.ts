@@ -1,13 +1,18 @@
 import type { CommandModule } from 'yargs';
 import { PrepareConfigSchema } from '../config/stages.js';
 import { prepare } from '../data/prepare.js';
+import { printCleanReport } from './clean.js';
 import { type GlobalArgs, handler, loadStageConfig, printSummary } from './common.js';
 
-export const prepareCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+type Args = GlobalArgs & { samples?: number };
+
+export const prepareCommand: CommandModule<GlobalArgs, Args> = {
   command: 'prepare',
-  handler: handler('prepare', async (args) => {
-    const cfg = loadStageConfig(PrepareConfigSchema, args);
+  builder: (y) => y.option('samples', { type: 'number', describe: 'with a clean: section, write N removed examples per step to <out_dir>/clean-samples.jsonl' }),
+  handler: handler<Args>('prepare', async (args) => {
+    const cfg = loadStageConfig(PrepareConfigSchema, args, args.samples !== undefined ? { 'clean.samples': args.samples } : {});
     const r = await prepare(cfg);
+    if (r.clean) printCleanReport(args, r.clean);
     printSummary(args, 'prepare', {
       out_dir: r.outDir,
       vocab_size: r.vocabSize,
@@ -15,6 +20,7 @@ export const prepareCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       val_tokens: r.valTokens,
       bytes_per_token: r.bytes / Math.max(1, r.trainTokens + r.valTokens),
       seconds: r.seconds,
+      ...(args.json && r.clean ? { clean: r.clean } : {}),
     });
   }),
 };

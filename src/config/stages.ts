@@ -1,5 +1,6 @@
 /** Zod schemas of each stage's config file. Every object is strict so typos are errors. */
 import { z } from 'zod';
+import { CleanSchema } from './clean.js';
 import { ModelConfigSchema, OptimSchema, TrainLoopSchema } from './schemas.js';
 
 export const PrepareConfigSchema = z.strictObject({
@@ -17,6 +18,8 @@ export const PrepareConfigSchema = z.strictObject({
   /** Fraction of the input (by bytes, taken from the end, like nanoGPT) kept for validation. */
   val_fraction: z.number().min(0).lt(1).default(0.1),
   shard_tokens: z.int().positive().default(50_000_000),
+  /** Corpus cleaning before tokenizing (dedup, quality, PII, toxicity); see src/config/clean.ts. */
+  clean: CleanSchema.optional(),
 });
 export type PrepareConfig = z.infer<typeof PrepareConfigSchema>;
 

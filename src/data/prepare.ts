@@ -5,8 +5,11 @@
 import { createReadStream, existsSync, mkdirSync, statSync } from 'node:fs';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { join } from 'node:path';
 import type { PrepareConfig } from '../config/stages.js';
 import { Tokenizer } from '../tokenizer/index.js';
+import { Cleaner, type StepReport } from './clean/pipeline.js';
+import { writeSamples } from './clean/corpus.js';
 import { log } from '../util/log.js';
 import { type ShardMeta, ShardWriter, writeShardMeta } from './shards.js';
 
@@ -17,6 +20,8 @@ export interface PrepareResult {
   valTokens: number;
   bytes: number;
   seconds: number;
+  /** Per-step counts of the `clean:` steps, when the config has them. */
+  clean?: StepReport[];
 }
 
 /** Documents of one input file, with the byte offset where each ends (for the train/val split). */
@@ -100,6 +105,7 @@ export async function prepare(cfg: PrepareConfig): Promise<PrepareResult> {
   const train = new ShardWriter(cfg.out_dir, 'train', dtype, cfg.shard_tokens);
   const val = new ShardWriter(cfg.out_dir, 'val', dtype, cfg.shard_tokens);
   const sources: ShardMeta['sources'] = [];
+  const cleaner = cfg.clean ? new Cleaner(cfg.clean) : undefined;
   let totalBytes = 0;
   try {
     for (const path of cfg.inputs) {
@@ -108,8 +114,15 @@ export async function prepare(cfg: PrepareConfig): Promise<PrepareResult> {
       sources.push({ path, bytes: size });
       const valFrom = size * (1 - cfg.val_fraction);
       let last = train;
+      let docIndex = 0;
       for await (const doc of documents(path, cfg.text_field)) {
-        const ids = tokenizer.encode(doc.text, { allowSpecial: false });
+        let text = doc.text;
+        if (cleaner) {
+          const kept = cleaner.process({ id: `${path}#${++docIndex}`, parts: [text] });
+          if (!kept) continue;
+          text = path.endsWith('.jsonl') ? kept.parts[0]! : `${kept.parts[0]}\n\n`; // paragraphs keep their blank line
+        }
+        const ids = tokenizer.encode(text, { allowSpecial: false });
         if (path.endsWith('.jsonl')) ids.push(tokenizer.eosId); // <|endoftext|> separates documents, as in GPT-2
         last = doc.endByte > valFrom && cfg.val_fraction > 0 ? val : train;
         last.write(ids);
@@ -127,6 +140,8 @@ export async function prepare(cfg: PrepareConfig): Promise<PrepareResult> {
     eos_id: tokenizer.eosId,
     splits: { train: { shards: train.shards, tokens: train.tokens }, val: { shards: val.shards, tokens: val.tokens } },
     sources,
+    ...(cleaner ? { clean: cleaner.report() } : {}),
   });
-  return { outDir: cfg.out_dir, vocabSize: tokenizer.vocabSize, trainTokens: train.tokens, valTokens: val.tokens, bytes: totalBytes, seconds: (performance.now() - t0) / 1000 };
+  if (cleaner && cfg.clean!.samples > 0) writeSamples(join(cfg.out_dir, 'clean-samples.jsonl'), cleaner.samples);
+  return { outDir: cfg.out_dir, vocabSize: tokenizer.vocabSize, trainTokens: train.tokens, valTokens: val.tokens, bytes: totalBytes, seconds: (performance.now() - t0) / 1000, ...(cleaner ? { clean: cleaner.report() } : {}) };
 }

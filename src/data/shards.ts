@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { readJson, writeJson } from '../checkpoint/manifest.js';
 import type { Rng } from '../util/rng.js';
 import type { BatchSource } from '../train/trainer.js';
+import type { StepReport } from './clean/pipeline.js';
 
 export type Split = 'train' | 'val';
 
@@ -18,6 +19,8 @@ export interface ShardMeta {
   eos_id: number;
   splits: Record<Split, { shards: string[]; tokens: number }>;
   sources: { path: string; bytes: number }[];
+  /** What `prepare`'s clean steps did (documents and bytes in/out per step). */
+  clean?: StepReport[];
 }
 
 /** Appends tokens to numbered shard files of one split. */
