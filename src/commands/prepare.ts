@@ -5,8 +5,9 @@ import { type GlobalArgs, handler, loadStageConfig, printSummary } from './commo
 
 export const prepareCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'prepare',
+  builder: (y) => y.example('$0 prepare --config configs/prepare.yaml', 'tokenize tiny Shakespeare into data/tokens (training a BPE tokenizer)'),
   handler: handler('prepare', async (args) => {
-    const cfg = loadStageConfig(PrepareConfigSchema, args);
+    const cfg = loadStageConfig(PrepareConfigSchema, args, {}, { command: 'prepare' });
     const r = await prepare(cfg);
     printSummary(args, 'prepare', {
       out_dir: r.outDir,
