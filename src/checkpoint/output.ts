@@ -111,15 +111,15 @@ function checkResumable(dir: string, o: OutputOptions): string {
   if (o.config === undefined && o.inputs === undefined) return dir;
   const manifest = readManifest(dir);
   const where = join(dir, MANIFEST_FILE);
-  const refuse = (field: string, saved: unknown, now: unknown) => {
+  const refuse = (field: string, saved: string, now: string) => {
     throw new InputError(
-      `${where}: cannot resume: ${field} is ${show(saved)} in the checkpoint but ${show(now)} now; ` +
+      `${where}: cannot resume: ${field} is ${saved} in the checkpoint but ${now} now; ` +
         `a resumed run may change only ${RESUME_MAY_CHANGE.slice(0, 5).join(', ')} (and the paths of unchanged inputs)`,
     );
   };
   if (o.config !== undefined) {
     const diff = firstDifference(manifest.config, JSON.parse(JSON.stringify(o.config)), '');
-    if (diff) refuse(diff.path, diff.saved, diff.now);
+    if (diff) refuse(diff.path, show(diff.saved), show(diff.now));
   }
   for (const [name, hash] of Object.entries(o.inputs ?? {})) {
     const saved = manifest.inputs?.[name];

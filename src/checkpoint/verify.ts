@@ -7,7 +7,7 @@
  *   3. values: weights and optimizer moments are finite (assertFinite, called as tensors are read).
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { log } from '../util/log.js';
 import { recoverDir } from './dir.js';
@@ -26,11 +26,17 @@ export function prepareToLoad(dir: string): void {
   if (touched.length) log().warn({ dir, recovered: touched }, 'recovered leftovers of an interrupted checkpoint save');
   const manifestPath = join(dir, MANIFEST_FILE);
   if (!existsSync(manifestPath)) return;
-  // Loading a checkpoint reads it in parts (weights, then trainer state): hash it once per version.
-  const key = `${resolve(dir)}\0${createHash('sha256').update(readFileSync(manifestPath)).digest('hex')}\0${fullHashes}`;
-  if (verified.has(key)) return;
-  checkManifestFiles(dir, readManifest(dir), fullHashes);
-  verified.add(key);
+  // Loading a checkpoint reads it in parts (weights, then trainer state): hash each version once. The
+  // key holds every listed file's size and mtime, so a file changed since is checked again.
+  const manifest = readManifest(dir);
+  const stamps = Object.keys(manifest.files).map((f) => {
+    const st = statSync(join(dir, f), { throwIfNoEntry: false });
+    return st ? `${st.size}:${st.mtimeMs}` : 'missing';
+  });
+  const key = [resolve(dir), createHash('sha256').update(readFileSync(manifestPath)).digest('hex'), ...stamps].join('\0');
+  if (fullHashes && verified.has(key)) return;
+  checkManifestFiles(dir, manifest, fullHashes);
+  if (fullHashes) verified.add(key);
 }
 
 const verified = new Set<string>();
