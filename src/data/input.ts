@@ -36,7 +36,7 @@ export function checkTextInput(path: string): number {
 /** A whole UTF-8 text file, BOM dropped; `what` names it in errors (e.g. "SFT data file"). */
 export function readTextFile(path: string, what: string): string {
   try {
-    if (statSync(path).isDirectory()) throw new InputError(`${path}: is a directory, not a ${what}`);
+    if (statSync(path).isDirectory()) throw new InputError(`${path}: is a directory, not a file (expected the ${what})`);
     return readFileSync(path, 'utf8').replace(/^\uFEFF/, '');
   } catch (err) {
     if (err instanceof InputError) throw err;
