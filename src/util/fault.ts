@@ -18,7 +18,7 @@ export function faultPoint(point: string): void {
   hook?.(point);
   const spec = process.env.LLMCTL_FAULT;
   if (!spec) return;
-  const [name, nth] = spec.split(':');
+  const [, name, nth] = /^(.*?)(?::(\d+))?$/.exec(spec)!;
   if (name !== point) return;
   const n = (hits.get(point) ?? 0) + 1;
   hits.set(point, n);
