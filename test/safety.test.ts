@@ -16,7 +16,7 @@ import { recoverDir } from '../src/checkpoint/dir.js';
 import { lockPath } from '../src/checkpoint/lock.js';
 import { checkManifestFiles, readManifest, readTrainerState, writeManifest } from '../src/checkpoint/manifest.js';
 import { MODEL_FILE, disposeParams, loadCheckpoint, saveCheckpoint } from '../src/checkpoint/model.js';
-import { closeOutputDir, openOutputDir } from '../src/checkpoint/output.js';
+import { openOutputDir } from '../src/checkpoint/output.js';
 import { readSafetensors, writeSafetensors } from '../src/checkpoint/safetensors.js';
 import { setVerifyHashes } from '../src/checkpoint/verify.js';
 import { OptimSchema, TrainLoopSchema } from '../src/config/schemas.js';
@@ -467,6 +467,3 @@ describe('LoRA dropout', () => {
     for (let i = 0; i < 4; i++) assert.ok(Math.abs(resumed[i]! - a.losses[i]!) < 1e-5, `step ${i + 1}: ${resumed[i]} vs ${a.losses[i]}`);
   });
 });
-
-// Keep the registry clean between files run in one process.
-after(() => closeOutputDir(TMP));
