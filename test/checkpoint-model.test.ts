@@ -195,6 +195,8 @@ describe('errors', () => {
     const dir = fresh('badshape');
     const params = initParams(LLAMA, 4);
     await save(dir, LLAMA, params);
+    // Without a manifest (a hand-made directory): with one, any edit is a hash mismatch first.
+    rmSync(join(dir, 'manifest.json'));
     const path = join(dir, MODEL_FILE);
     const { tensors } = readSafetensors(path);
     // Store k_proj as if it had 3 kv heads' worth of rows (12 instead of 8).
@@ -218,6 +220,7 @@ describe('errors', () => {
     const dir = fresh('badcfg');
     const params = initParams(GPT2, 4);
     await save(dir, GPT2, params);
+    rmSync(join(dir, 'manifest.json')); // (see above)
     const cfgPath = join(dir, CONFIG_FILE);
     const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>;
     delete cfg.n_layer;
@@ -233,7 +236,7 @@ describe('errors', () => {
     await save(dir, GPT2, old);
     const before = Object.fromEntries(readdirSync(dir).map((f) => [f, readFileSync(join(dir, f))]));
     const next = initParams(GPT2, 7);
-    await assert.rejects(save(dir, GPT2, next, { extra: () => { throw new Error('disk full (simulated)'); } }), /disk full/);
+    await assert.rejects(save(dir, GPT2, next, { overwrite: true, extra: () => { throw new Error('disk full (simulated)'); } }), /disk full/);
     // Same files, same bytes, no temp leftovers next to it, and it still loads to the old weights.
     assert.deepEqual(readdirSync(dir).sort(), Object.keys(before).sort());
     for (const [f, buf] of Object.entries(before)) assert.ok(readFileSync(join(dir, f)).equals(buf), `${f} unchanged`);
@@ -242,7 +245,7 @@ describe('errors', () => {
     const ck = loadCheckpoint(dir);
     assert.deepEqual(ck.params['wte.weight']!.dataSync(), old['wte.weight']!.dataSync());
     // A later successful save replaces it completely.
-    await save(dir, GPT2, next);
+    await save(dir, GPT2, next, { overwrite: true });
     const ck2 = loadCheckpoint(dir);
     assert.deepEqual(ck2.params['wte.weight']!.dataSync(), next['wte.weight']!.dataSync());
     assert.ok(!existsSync(join(dir, 'optimizer.safetensors')), 'no stale files from the old version');

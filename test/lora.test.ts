@@ -162,7 +162,7 @@ describe('LoRA', () => {
     const b = await lora(loraConfig(base, split, { train: { max_steps: 4 } }), { quiet: true, resume: true });
     const resumed = [...a.losses, ...b.losses];
     for (let i = 0; i < 4; i++) assert.ok(Math.abs(resumed[i]! - straight.losses[i]!) < 1e-5, `step ${i + 1}: ${resumed[i]} vs ${straight.losses[i]}`);
-    await assert.rejects(lora(loraConfig(base, split, { train: { max_steps: 5 }, lora: { r: 2 } }), { quiet: true, resume: true }), /does not match lora settings/);
+    await assert.rejects(lora(loraConfig(base, split, { train: { max_steps: 5 }, lora: { r: 2 } }), { quiet: true, resume: true }), /l-split\/manifest\.json: cannot resume: lora\.r is 4 in the checkpoint but 2 now/);
     const { config } = loadAdapter(split);
     assert.equal(loraScale(config), 2);
   });

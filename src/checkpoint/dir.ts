@@ -7,9 +7,12 @@
  * the swap) leaves the previous checkpoint as it was.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { createReadStream, existsSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
+import { faultPoint } from '../util/fault.js';
+import { isProcessAlive, liveLockHolder } from './lock.js';
 
 export interface FileDigest {
   sha256: string;
@@ -20,29 +23,47 @@ export interface FileDigest {
  * Create or replace `finalDir` atomically. `fill` writes the contents into the temp dir it is given.
  * On error the temp dir is removed, `finalDir` is left untouched, and the error is re-thrown.
  */
-export async function writeDirAtomic(finalDir: string, fill: (tmpDir: string) => Promise<void> | void): Promise<void> {
+export async function writeDirAtomic(
+  finalDir: string,
+  fill: (tmpDir: string) => Promise<void> | void,
+  o: { expectedBytes?: number } = {},
+): Promise<void> {
   const target = resolve(finalDir);
   const parent = dirname(target);
   const name = basename(target);
-  await mkdir(parent, { recursive: true });
-
-  const tmp = join(parent, `.${name}.tmp-${process.pid}-${randomSuffix()}`);
-  await mkdir(tmp);
   try {
-    await fill(tmp);
-    await fsyncTree(tmp);
+    await mkdir(parent, { recursive: true });
+    const tmp = join(parent, `.${name}.tmp-${process.pid}-${randomSuffix()}`);
+    await mkdir(tmp);
+    try {
+      await fill(tmp);
+      faultPoint('save:fill');
+      await fsyncTree(tmp);
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      throw err;
+    }
+    await swapIntoPlace(tmp, target);
+    await fsyncDir(parent); // make the renames themselves durable
+    faultPoint('save:done');
   } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
-    throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOSPC' && code !== 'EDQUOT') throw err;
+    const need = o.expectedBytes ?? dirBytes(target);
+    throw Object.assign(
+      new Error(
+        `${finalDir}: no space left on device while saving a checkpoint (the previous one is intact); a save needs about ` +
+          `${formatBytes(need)} free: the new copy is written beside the old one, so about twice the checkpoint's size in all`,
+      ),
+      { code, cause: err },
+    );
   }
-  await swapIntoPlace(tmp, target);
-  await fsyncDir(parent); // make the renames themselves durable
 }
 
 /**
  * Move tmp to target. If target exists it is first renamed aside, so that a failure of the second
  * rename can put it back. (A crash between the two renames leaves `.<name>.old-*` behind;
- * `cleanStaleTemps` restores it.)
+ * `recoverDir` finishes or undoes the swap.)
  */
 async function swapIntoPlace(tmp: string, target: string): Promise<void> {
   if (!existsSync(target)) {
@@ -61,6 +82,7 @@ async function swapIntoPlace(tmp: string, target: string): Promise<void> {
     await rm(tmp, { recursive: true, force: true });
     throw err;
   }
+  faultPoint('save:swapped-aside');
   try {
     await rename(tmp, target);
   } catch (err) {
@@ -72,10 +94,7 @@ async function swapIntoPlace(tmp: string, target: string): Promise<void> {
 }
 
 /**
- * Tidy leftovers from interrupted writes in `parent`:
- *  - `.<name>.tmp-<pid>-*` whose process is gone → deleted (never finished, never visible)
- *  - `.<name>.old-<pid>-*` whose process is gone → restored to `<name>` if that is missing
- *    (crash between the two renames), otherwise deleted.
+ * Tidy leftovers from interrupted writes in `parent` (every directory name in it); see recoverDir.
  * Returns the paths it removed or restored. Safe to call when `parent` does not exist.
  */
 export async function cleanStaleTemps(parent: string): Promise<string[]> {
@@ -85,21 +104,56 @@ export async function cleanStaleTemps(parent: string): Promise<string[]> {
   } catch {
     return [];
   }
+  const targets = new Set(names.map((n) => LEFTOVER.exec(n)?.[1]).filter((n): n is string => n !== undefined));
+  return [...targets].flatMap((name) => recoverDir(join(parent, name)));
+}
+
+/**
+ * The recovery every checkpoint loader and writer runs first: finish or undo what a killed save of
+ * `dir` left beside it, and delete the temp dirs of dead processes.
+ *  - `dir` missing, `.<name>.old-<pid>-*` present (a crash between the two renames of a swap): if that
+ *    process's complete new copy (`.tmp-<pid>-*` with its manifest, written last) is there, finish the
+ *    swap; otherwise put the old directory back;
+ *  - `.<name>.tmp-*` / `.old-*` of dead processes: deleted.
+ * Leftovers of live processes are left alone, and so is everything while another host holds the lock.
+ * Returns what it touched; synchronous so loaders can call it.
+ */
+export function recoverDir(dir: string): string[] {
+  const target = resolve(dir);
+  const parent = dirname(target);
+  const name = basename(target);
+  let entries: string[];
+  try {
+    entries = readdirSync(parent);
+  } catch {
+    return [];
+  }
+  const dead = entries
+    .map((e) => ({ entry: e, m: LEFTOVER.exec(e) }))
+    .filter(({ m }) => m && m[1] === name && !isProcessAlive(Number(m[3])))
+    .map(({ entry, m }) => ({ path: join(parent, entry), kind: m![2] as 'tmp' | 'old', pid: m![3]!, mtime: statSync(join(parent, entry)).mtimeMs }));
+  if (dead.length === 0) return [];
+  const holder = liveLockHolder(target);
+  if (holder && holder.host !== hostname()) return []; // another host's leftovers may be live
   const touched: string[] = [];
-  for (const entry of names) {
-    const m = /^\.(.+)\.(tmp|old)-(\d+)-[0-9a-f]+$/.exec(entry);
-    if (!m || isProcessAlive(Number(m[3]))) continue;
-    const full = join(parent, entry);
-    const original = join(parent, m[1]!);
-    if (m[2] === 'old' && !existsSync(original)) {
-      await rename(full, original);
-    } else {
-      await rm(full, { recursive: true, force: true });
+  if (!existsSync(target)) {
+    const old = dead.filter((d) => d.kind === 'old').sort((a, b) => b.mtime - a.mtime)[0];
+    if (old) {
+      const finished = dead.find((d) => d.kind === 'tmp' && d.pid === old.pid && existsSync(join(d.path, 'manifest.json')));
+      const restore = finished ?? old;
+      renameSync(restore.path, target);
+      touched.push(restore.path);
+      dead.splice(dead.indexOf(restore), 1);
     }
-    touched.push(full);
+  }
+  for (const d of dead) {
+    rmSync(d.path, { recursive: true, force: true });
+    touched.push(d.path);
   }
   return touched;
 }
+
+const LEFTOVER = /^\.(.+)\.(tmp|old)-(\d+)-[0-9a-f]+$/;
 
 /** Hex SHA-256 of a file. */
 export async function sha256File(path: string): Promise<string> {
@@ -130,14 +184,24 @@ function randomSuffix(): string {
   return randomBytes(4).toString('hex');
 }
 
-function isProcessAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
+/** Total size of the files under `dir` (0 when it does not exist). */
+export function dirBytes(dir: string): number {
+  let total = 0;
   try {
-    process.kill(pid, 0); // signal 0 = existence check only
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'; // exists but not ours
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const full = join(dir, e.name);
+      total += e.isDirectory() ? dirBytes(full) : statSync(full).size;
+    }
+  } catch {
+    // missing or unreadable: count nothing
   }
+  return total;
+}
+
+export function formatBytes(n: number): string {
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(1)} GiB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  return `${Math.max(1, Math.ceil(n / 1024))} KiB`;
 }
 
 /** fsync every file (and directory) under `dir`, so data hits the disk before the rename publishes it. */

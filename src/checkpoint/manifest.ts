@@ -5,12 +5,13 @@
  *
  * Both are validated on read, so a hand-edited or truncated file fails with a message naming the file.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { describeIssue } from '../config/load.js';
 import { ScheduleSchema } from '../config/schemas.js';
-import { fileDigest, hashDir } from './dir.js';
+import { hashDir } from './dir.js';
 
 export const MANIFEST_FILE = 'manifest.json';
 export const TRAINER_STATE_FILE = 'trainer_state.json';
@@ -69,6 +70,8 @@ export const ManifestSchema = z.object({
   versions: z.object({ llmctl: z.string(), node: z.string(), tfjs: z.string(), backend: z.string() }),
   /** Every other file in the directory, by name relative to it. */
   files: z.record(z.string(), FileDigestSchema),
+  /** What the run read, by content (sha256 of data, tokenizer, base manifest): a resume must read the same. */
+  inputs: z.record(z.string(), z.string()).optional(),
 });
 
 export type Manifest = z.infer<typeof ManifestSchema>;
@@ -108,18 +111,44 @@ export function readManifest(dir: string): Manifest {
 
 /** Re-hash the files listed in the manifest; throws on the first missing or changed file. */
 export async function verifyManifestFiles(dir: string, manifest: Manifest): Promise<void> {
+  checkManifestFiles(dir, manifest, true);
+}
+
+/**
+ * Compare the files listed in the manifest with the disk: sizes always (cheap: catches truncation),
+ * and with `full` the sha256 of every byte (catches flipped bits). Throws on the first mismatch, naming
+ * the file. Synchronous and streamed in 1 MiB chunks, so loaders can call it on big weight files.
+ */
+export function checkManifestFiles(dir: string, manifest: Manifest, full: boolean): void {
   for (const [name, expected] of Object.entries(manifest.files)) {
     const path = join(dir, name);
-    const actual = await fileDigest(path).catch((err: Error) => {
-      throw new Error(`${path}: listed in ${MANIFEST_FILE} but cannot be read: ${err.message}`);
-    });
-    if (actual.sha256 !== expected.sha256 || actual.bytes !== expected.bytes) {
+    let bytes: number;
+    try {
+      bytes = statSync(path).size;
+    } catch (err) {
+      throw new Error(`${path}: listed in ${MANIFEST_FILE} but cannot be read: ${(err as Error).message}`);
+    }
+    const sha256 = full && bytes === expected.bytes ? sha256FileSync(path) : undefined;
+    if (bytes !== expected.bytes || (sha256 !== undefined && sha256 !== expected.sha256)) {
       throw new Error(
         `${path}: does not match ${MANIFEST_FILE} (expected ${expected.bytes} bytes sha256 ${expected.sha256.slice(0, 12)}…, ` +
-          `found ${actual.bytes} bytes sha256 ${actual.sha256.slice(0, 12)}…)`,
+          `found ${bytes} bytes${sha256 ? ` sha256 ${sha256.slice(0, 12)}…` : ''}): the file is damaged or was changed after saving`,
       );
     }
   }
+}
+
+function sha256FileSync(path: string): string {
+  const hash = createHash('sha256');
+  const buf = Buffer.allocUnsafe(1 << 20);
+  const fd = openSync(path, 'r');
+  try {
+    let n: number;
+    while ((n = readSync(fd, buf, 0, buf.length, null)) > 0) hash.update(buf.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest('hex');
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,14 +9,15 @@
  * Writes go to a temp dir that is renamed into place, so a crash never leaves half a checkpoint.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { copyFileSync, existsSync } from 'node:fs';
+import { copyFileSync, existsSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { activeBackend } from '../backend/index.js';
 import { type ModelConfig, isLinearWeight, paramShapes, resolveModelConfig } from '../model/gpt.js';
 import { Tokenizer } from '../tokenizer/index.js';
-import { log } from '../util/log.js';
 import { sha256File, writeDirAtomic } from './dir.js';
+import { type OutputOptions, closeOutputDir, isOutputOpen, openOutputDir } from './output.js';
+import { assertFinite, prepareToLoad } from './verify.js';
 import { type Manifest, type TrainerState, createManifest, readJson, readManifest, readTrainerState, writeJson, writeManifest, writeTrainerState } from './manifest.js';
 import { type TensorData, readSafetensors, toFloat32, writeSafetensors } from './safetensors.js';
 
@@ -40,8 +41,12 @@ export interface SaveOptions {
   stageConfig: unknown;
   parentDir?: string | null;
   metrics?: Record<string, number>;
-  /** Present when a trainer saves: makes the checkpoint resumable. */
-  trainer?: { state: TrainerState; optimizer: Record<string, tf.Tensor>; metricsLog?: string };
+  /** Present when a trainer saves: makes the checkpoint resumable. metricsText: the run's metrics.jsonl so far. */
+  trainer?: { state: TrainerState; optimizer: Record<string, tf.Tensor>; metricsText?: string; metricsLog?: string };
+  /** Replace a checkpoint already in `dir` when this process has not opened it (see output.ts). */
+  overwrite?: boolean;
+  /** Content identity of what the run read (checked when a run resumes). */
+  inputs?: Record<string, string>;
   /** Extra files (e.g. an adapter) written into the temp dir before the manifest is made. */
   extra?: (tmpDir: string) => void | Promise<void>;
   /** Only write these params (e.g. LoRA saves adapters via `extra` and skips the base). */
@@ -81,8 +86,21 @@ export function configJson(c: ModelConfig): Record<string, unknown> {
 }
 
 export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void> {
+  // A writer that did not open the directory (import, merge, a one-shot stage) gets the same policy.
+  if (!isOutputOpen(dir)) {
+    openOutputDir(dir, { overwrite: o.overwrite });
+    try {
+      return await saveCheckpoint(dir, o);
+    } finally {
+      closeOutputDir(dir);
+    }
+  }
   const weights = o.skipModel ? undefined : await toTensorData(o.params, true);
   const optimizer = o.trainer ? await toTensorData(o.trainer.optimizer, false) : undefined;
+  for (const [what, tensors] of [['weights', weights], ['optimizer state', optimizer]] as const) {
+    for (const [name, t] of Object.entries(tensors ?? {})) assertFinite(`${dir}: not saving ${what}`, name, t.data as Float32Array);
+  }
+  const expectedBytes = [weights, optimizer].reduce((n, ts) => n + Object.values(ts ?? {}).reduce((m, t) => m + t.data.byteLength, 0), 0);
   const parent = o.parentDir ? { path: o.parentDir, sha256: existsSync(join(o.parentDir, 'manifest.json')) ? await sha256File(join(o.parentDir, 'manifest.json')) : '' } : null;
   await writeDirAtomic(dir, async (tmp) => {
     const files = [CONFIG_FILE];
@@ -97,7 +115,8 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
       writeSafetensors(join(tmp, OPTIMIZER_FILE), optimizer);
       writeTrainerState(tmp, o.trainer.state);
       files.push(OPTIMIZER_FILE, 'trainer_state.json');
-      if (o.trainer.metricsLog && existsSync(o.trainer.metricsLog)) copyFileSync(o.trainer.metricsLog, join(tmp, METRICS_FILE));
+      if (o.trainer.metricsText !== undefined) writeFileSync(join(tmp, METRICS_FILE), o.trainer.metricsText);
+      else if (o.trainer.metricsLog && existsSync(o.trainer.metricsLog)) copyFileSync(o.trainer.metricsLog, join(tmp, METRICS_FILE));
     }
     if (o.extra) await o.extra(tmp);
     const manifest = await createManifest(tmp, {
@@ -106,9 +125,10 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
       config: o.stageConfig,
       metrics: o.metrics ?? {},
       versions: versions(),
+      ...(o.inputs ? { inputs: o.inputs } : {}),
     }, [...files, ...extraFiles(tmp, files)]);
     writeManifest(tmp, manifest);
-  });
+  }, { expectedBytes });
 }
 
 function extraFiles(tmp: string, known: string[]): string[] {
@@ -125,6 +145,7 @@ export interface LoadedCheckpoint {
 }
 
 export function readModelConfig(dir: string): ModelConfig {
+  prepareToLoad(dir);
   const raw = readJson(join(dir, CONFIG_FILE), 'model config') as Partial<ModelConfig> & Record<string, unknown>;
   for (const k of ['vocab_size', 'n_ctx', 'n_layer', 'n_embd', 'n_head'] as const) {
     if (typeof raw[k] !== 'number') throw new Error(`${join(dir, CONFIG_FILE)}: ${k}: missing or not a number`);
@@ -137,7 +158,9 @@ export function readTensors(path: string, transposeLinear: boolean): Record<stri
   const { tensors } = readSafetensors(path);
   const out: Record<string, tf.Tensor> = {};
   for (const [name, t] of Object.entries(tensors)) {
-    const x = tf.tensor(toFloat32(t), t.shape, 'float32');
+    const data = toFloat32(t);
+    assertFinite(path, name, data);
+    const x = tf.tensor(data, t.shape, 'float32');
     out[name] = transposeLinear && isLinearWeight(name) ? tf.tidy(() => tf.transpose(x)) : x;
     if (out[name] !== x) x.dispose();
   }
@@ -146,6 +169,7 @@ export function readTensors(path: string, transposeLinear: boolean): Record<stri
 
 /** Load a checkpoint directory: config, weights (checked against the config's shapes), tokenizer. */
 export function loadCheckpoint(dir: string): LoadedCheckpoint {
+  prepareToLoad(dir); // before the existence check: a crash mid-save may have left it aside
   if (!existsSync(dir)) throw new Error(`${dir}: checkpoint directory not found`);
   const config = readModelConfig(dir);
   const params = readTensors(join(dir, MODEL_FILE), true);
@@ -163,11 +187,12 @@ export function loadCheckpoint(dir: string): LoadedCheckpoint {
   return { dir, config, params, tokenizer, manifest };
 }
 
-/** out_dir when `resume` is asked and out_dir holds a trainer state; otherwise undefined (logged). */
-export function resumableDir(outDir: string, resume: boolean | undefined): string | undefined {
-  const dir = resume && existsSync(join(outDir, 'trainer_state.json')) ? outDir : undefined;
-  if (resume && !dir) log().warn({ out_dir: outDir }, 'nothing to resume (no trainer_state.json): starting fresh');
-  return dir;
+/**
+ * Open out_dir for a run (lock, refuse an existing checkpoint unless overwrite, see output.ts) and
+ * return it when `resume` is asked (an error when there is nothing matching to resume), else undefined.
+ */
+export function resumableDir(outDir: string, resume: boolean | undefined, o: Omit<OutputOptions, 'resume'> = {}): string | undefined {
+  return openOutputDir(outDir, { ...o, resume }).resumeDir;
 }
 
 /** Trainable copies of loaded tensors (the tensors are consumed). */
@@ -182,11 +207,15 @@ export function toVariables(tensors: Record<string, tf.Tensor>): Record<string, 
 
 /** Trainer state + optimizer moments, if the checkpoint was written by a trainer. */
 export function loadTrainerState(dir: string): { state: TrainerState; optimizer: Record<string, Float32Array> } | undefined {
+  prepareToLoad(dir);
   if (!existsSync(join(dir, 'trainer_state.json'))) return undefined;
   const state = readTrainerState(dir);
   const { tensors } = readSafetensors(join(dir, OPTIMIZER_FILE));
   const optimizer: Record<string, Float32Array> = {};
-  for (const [k, t] of Object.entries(tensors)) optimizer[k] = toFloat32(t);
+  for (const [k, t] of Object.entries(tensors)) {
+    optimizer[k] = toFloat32(t);
+    assertFinite(join(dir, OPTIMIZER_FILE), k, optimizer[k]);
+  }
   return { state, optimizer };
 }
 

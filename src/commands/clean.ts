@@ -13,7 +13,7 @@ export const cleanCommand: CommandModule<GlobalArgs, Args> = {
     .option('samples', { type: 'number', describe: 'write N removed examples per step to <out>.samples.jsonl' })
     .example('$0 clean --config configs/clean.yaml --samples 5', 'dedup, filter and scrub a corpus into JSONL'),
   handler: handler<Args>('clean', async (args) => {
-    const cfg = loadStageConfig(CleanOnlyConfigSchema, args, { 'clean.samples': args.samples });
+    const cfg = loadStageConfig(CleanOnlyConfigSchema, args, { 'clean.samples': args.samples }, { flags: { 'clean.samples': 'samples' }, command: 'clean' });
     const r = await cleanCorpus(cfg);
     printCleanReport(args, r.steps);
     printSummary(args, 'clean', {

@@ -5,23 +5,52 @@
 import Table from 'cli-table3';
 import type { z } from 'zod';
 import { initBackend } from '../backend/index.js';
+import { setVerifyHashes } from '../checkpoint/verify.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import type { TrainResult } from '../train/trainer.js';
+import { InputError } from '../util/errors.js';
 import { log, setupLogger } from '../util/log.js';
 import type { GlobalArgs } from './global.js';
 
-export { type GlobalArgs, globalOptions } from './global.js';
+export { type GlobalArgs, type OutputArgs, globalOptions, outputOptions } from './global.js';
+export { InputError } from '../util/errors.js';
 
-/** Thrown for bad user input that is not a config field (missing file, malformed row): exit code 2. */
-export class InputError extends Error {}
-
-export function loadStageConfig<S extends z.ZodType>(schema: S, args: GlobalArgs, extra: Record<string, unknown> = {}): z.infer<S> {
-  return loadConfig(schema, args.config, args.set ?? [], extra);
+/**
+ * The stage config: --config file, then `extra` (config path → value from a flag; unset flags are
+ * skipped), then --set. `o.flags` names the flag behind each `extra` path (path → flag name), so a bad
+ * value is blamed on the flag, and a missing one asks for that flag; with no --config at all, a missing
+ * value asks for --config (`o.command` names the example config).
+ */
+export function loadStageConfig<S extends z.ZodType>(
+  schema: S,
+  args: GlobalArgs,
+  extra: Record<string, unknown> = {},
+  o: { flags?: Record<string, string>; command?: string } = {},
+): z.infer<S> {
+  const flags: Record<string, string> = { 'train.seed': 'seed', 'sampling.seed': 'seed', ...o.flags };
+  const labels: Record<string, string> = {};
+  for (const [path, value] of Object.entries(extra)) {
+    const flag = flags[path];
+    if (value === undefined || !flag) continue;
+    if (typeof value === 'number' && Number.isNaN(value)) throw new ConfigError(`--${flag}: expected a number`);
+    labels[path] = `--${flag} ${Array.isArray(value) ? value.map((v) => JSON.stringify(v)).join(' ') : JSON.stringify(value)}`;
+  }
+  try {
+    return loadConfig(schema, args.config, args.set ?? [], extra, labels);
+  } catch (err) {
+    const missing = err instanceof ConfigError ? /^<config>: (\S+): missing required value/.exec(err.message) : null;
+    if (!missing) throw err;
+    const flag = flags[missing[1]!];
+    if (flag) throw new ConfigError(`--${flag} is required (or ${missing[1]}: in a --config file)`);
+    const example = o.command ? `configs/${o.command}.yaml` : 'configs/pretrain.yaml';
+    throw new ConfigError(`--config is required: this command reads its settings from a YAML/JSON file (e.g. --config ${example}); without one, ${missing[1]} is missing`);
+  }
 }
 
 export async function startBackend(args: GlobalArgs): Promise<void> {
   const info = await initBackend(args.backend);
-  for (const t of info.tried) log().info({ backend: t.name, reason: t.error }, 'backend unavailable, falling back');
+  // Falling back from the optional native packages is the usual case, not news: one debug line.
+  if (info.tried.length) log().debug({ tried: info.tried }, `backends unavailable: ${info.tried.map((t) => t.name).join(', ')}`);
   log().info({ backend: info.name, detail: info.detail }, `using tfjs backend: ${info.name}`);
 }
 
@@ -29,6 +58,7 @@ export async function startBackend(args: GlobalArgs): Promise<void> {
 export function handler<A extends GlobalArgs>(name: string, run: (args: A) => Promise<void>): (args: A) => Promise<void> {
   return async (args: A) => {
     setupLogger(args['log-level']);
+    setVerifyHashes(args.verify !== false);
     try {
       await run(args);
     } catch (err) {
@@ -67,9 +97,9 @@ function formatValue(v: unknown): string {
   return String(v);
 }
 
-/** The rows every training stage reports, and exit code 130 when Ctrl-C stopped the run early. */
+/** The rows every training stage reports, and exit code 130 (SIGINT) or 143 (SIGTERM) when a signal stopped the run early. */
 export function trainingSummary(r: TrainResult): Record<string, unknown> {
-  if (r.interrupted) process.exitCode = 130;
+  if (r.interrupted) process.exitCode = r.signal === 'SIGTERM' ? 143 : 130;
   return {
     steps: r.step,
     tokens_seen: r.tokensSeen,

@@ -15,22 +15,31 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
   command: 'generate',
   builder: (y) =>
     y
-      .option('checkpoint', { type: 'string', describe: 'checkpoint directory' })
-      .option('adapter', { type: 'string', describe: 'LoRA adapter directory to apply' })
-      .option('prompt', { alias: 'p', type: 'string' })
+      .option('checkpoint', { type: 'string', describe: 'checkpoint directory (or a LoRA adapter directory: its base is loaded)' })
+      .option('adapter', { type: 'string', describe: 'LoRA adapter directory to apply on top of --checkpoint' })
+      .option('prompt', { alias: 'p', type: 'string', describe: 'text to continue (default: empty)' })
       .option('chat', { type: 'boolean', describe: 'wrap the prompt as a ChatML user turn' })
-      .option('max-tokens', { alias: 'n', type: 'number' })
-      .option('temperature', { alias: 't', type: 'number', describe: '0 = greedy' })
-      .option('top-k', { type: 'number' })
-      .option('top-p', { type: 'number' })
-      .option('repetition-penalty', { type: 'number' })
-      .option('stop', { type: 'string', array: true, describe: 'stop strings' }),
+      .option('max-tokens', { alias: 'n', type: 'number', describe: 'tokens to generate (default 200)' })
+      .option('temperature', { alias: 't', type: 'number', describe: 'sampling temperature; 0 = greedy (default 0.8)' })
+      .option('top-k', { type: 'number', describe: 'sample among the k most likely tokens; 0 = all (default 0)' })
+      .option('top-p', { type: 'number', describe: 'nucleus sampling: the smallest set with this much probability, in (0, 1] (default 1)' })
+      .option('repetition-penalty', { type: 'number', describe: 'divide the logits of tokens already seen by this (default 1 = off)' })
+      .option('stop', { type: 'string', array: true, describe: 'stop when the text contains this string (repeatable); escapes \\n \\t \\r \\\\ \\uXXXX are decoded' })
+      .example('$0 generate --checkpoint runs/pretrain --prompt "ROMEO:" -t 0.8 --top-k 40 -n 200 --stop "\\n\\n"', 'sample until a blank line')
+      .example('$0 generate --checkpoint runs/lora --chat --prompt "Give three tips for staying healthy."', 'chat with a LoRA fine-tune'),
   handler: handler<Args>('generate', async (args) => {
-    const cfg = loadStageConfig(GenerateConfigSchema, args, {
-      checkpoint: args.checkpoint, adapter: args.adapter, prompt: args.prompt, chat: args.chat,
-      'sampling.max_tokens': args['max-tokens'], 'sampling.temperature': args.temperature, 'sampling.top_k': args['top-k'],
-      'sampling.top_p': args['top-p'], 'sampling.repetition_penalty': args['repetition-penalty'], 'sampling.stop': args.stop, 'sampling.seed': args.seed,
-    });
+    const flags: Record<string, [string, unknown]> = {
+      checkpoint: ['checkpoint', args.checkpoint], adapter: ['adapter', args.adapter], prompt: ['prompt', args.prompt], chat: ['chat', args.chat],
+      'sampling.max_tokens': ['max-tokens', args['max-tokens']], 'sampling.temperature': ['temperature', args.temperature],
+      'sampling.top_k': ['top-k', args['top-k']], 'sampling.top_p': ['top-p', args['top-p']],
+      'sampling.repetition_penalty': ['repetition-penalty', args['repetition-penalty']],
+      'sampling.stop': ['stop', args.stop?.map(decodeEscapes)], 'sampling.seed': ['seed', args.seed],
+    };
+    const cfg = loadStageConfig(
+      GenerateConfigSchema, args,
+      Object.fromEntries(Object.entries(flags).map(([path, [, value]]) => [path, value])),
+      { flags: Object.fromEntries(Object.entries(flags).map(([path, [flag]]) => [path, flag])), command: 'generate' },
+    );
     await startBackend(args);
     const { model, scale, dispose } = loadForInference(cfg.checkpoint, cfg.adapter);
     const ids = promptIds(model.tokenizer, cfg.prompt, cfg.chat);
@@ -46,3 +55,10 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
     dispose();
   }),
 };
+
+/** Shells pass `--stop "\n\n"` as backslash-n: decode the usual escapes (an unknown one stays as typed). */
+export function decodeEscapes(s: string): string {
+  return s.replace(/\\(u[0-9a-fA-F]{4}|[ntr\\0])/g, (_, e: string) =>
+    e[0] === 'u' ? String.fromCharCode(parseInt(e.slice(1), 16)) : ({ n: '\n', t: '\t', r: '\r', '\\': '\\', '0': '\0' } as Record<string, string>)[e]!,
+  );
+}

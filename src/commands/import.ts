@@ -1,32 +1,41 @@
 import type { CommandModule } from 'yargs';
 import { disposeParams, saveCheckpoint } from '../checkpoint/model.js';
+import { ImportConfigSchema } from '../config/convert.js';
 import { countParams } from '../model/gpt.js';
 import { importLlama2c } from '../model/llama2c.js';
-import { type GlobalArgs, InputError, handler, printSummary, startBackend } from './common.js';
+import { type GlobalArgs, InputError, handler, loadStageConfig, printSummary, startBackend } from './common.js';
 
-type Args = GlobalArgs & { format: string; model: string; tokenizer: string; out: string };
+type Args = GlobalArgs & { format?: string; model?: string; tokenizer?: string; out?: string; overwrite: boolean };
 
 export const importCommand: CommandModule<GlobalArgs, Args> = {
   command: 'import',
   builder: (y) =>
     y
-      .option('format', { type: 'string', choices: ['llama2c'], default: 'llama2c' })
-      .option('model', { type: 'string', demandOption: true, describe: 'llama2.c model .bin' })
-      .option('tokenizer', { type: 'string', demandOption: true, describe: 'llama2.c tokenizer .bin (e.g. tok512.bin)' })
-      .option('out', { type: 'string', demandOption: true, describe: 'checkpoint directory to write' }),
+      .option('format', { type: 'string', choices: ['llama2c'], describe: 'source format (default llama2c)' })
+      .option('model', { type: 'string', describe: 'llama2.c model .bin' })
+      .option('tokenizer', { type: 'string', describe: 'llama2.c tokenizer .bin (e.g. tok512.bin)' })
+      .option('out', { type: 'string', describe: 'checkpoint directory to write' })
+      .option('overwrite', { type: 'boolean', default: false, describe: 'replace a checkpoint already in --out' })
+      .example('$0 import --model stories260K.bin --tokenizer tok512.bin --out runs/stories260K', 'convert a llama2.c model (flags or --config: format, model, tokenizer, out)'),
   handler: handler<Args>('import', async (args) => {
+    const cfg = loadStageConfig(ImportConfigSchema, args, { format: args.format, model: args.model, tokenizer: args.tokenizer, out: args.out }, {
+      flags: { format: 'format', model: 'model', tokenizer: 'tokenizer', out: 'out' },
+    });
     await startBackend(args);
     let m;
     try {
-      m = importLlama2c(args.model, args.tokenizer);
+      m = importLlama2c(cfg.model, cfg.tokenizer);
     } catch (err) {
       throw new InputError((err as Error).message);
     }
-    await saveCheckpoint(args.out, {
-      config: m.config, params: m.params, tokenizer: m.tokenizer, stage: 'import',
-      stageConfig: { format: args.format, model: args.model, tokenizer: args.tokenizer }, parentDir: null,
-    });
-    printSummary(args, 'import', { out: args.out, arch: m.config.arch, params: countParams(m.config), vocab_size: m.config.vocab_size, n_ctx: m.config.n_ctx });
-    disposeParams(m.params);
+    try {
+      await saveCheckpoint(cfg.out, {
+        config: m.config, params: m.params, tokenizer: m.tokenizer, stage: 'import',
+        stageConfig: cfg, parentDir: null, overwrite: args.overwrite,
+      });
+    } finally {
+      disposeParams(m.params);
+    }
+    printSummary(args, 'import', { out: cfg.out, arch: m.config.arch, params: countParams(m.config), vocab_size: m.config.vocab_size, n_ctx: m.config.n_ctx });
   }),
 };

@@ -1,33 +1,37 @@
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CommandModule } from 'yargs';
+import { LoraMergeConfigSchema } from '../config/convert.js';
 import { LoraConfigSchema } from '../config/stages.js';
 import { ADAPTER_WEIGHTS_FILE } from '../model/lora.js';
 import { lora, mergeLora } from '../train/sft.js';
-import { type GlobalArgs, InputError, handler, loadStageConfig, printSummary, startBackend, trainingSummary } from './common.js';
+import { type GlobalArgs, type OutputArgs, handler, loadStageConfig, outputOptions, printSummary, startBackend, trainingSummary } from './common.js';
 
-type Args = GlobalArgs & { action?: string; resume: boolean; base?: string; adapter?: string; out?: string };
+type Args = GlobalArgs & OutputArgs & { action?: string; base?: string; adapter?: string; out?: string };
 
 export const loraCommand: CommandModule<GlobalArgs, Args> = {
   command: 'lora [action]',
   builder: (y) =>
-    y
+    outputOptions(y)
       .positional('action', { type: 'string', choices: ['train', 'merge'], default: 'train', describe: 'train (with --config) or merge' })
-      .option('resume', { type: 'boolean', default: false, describe: 'train: continue from the trainer state in out_dir' })
       .option('base', { type: 'string', describe: 'merge: base checkpoint (default: the adapter\'s base_model_name_or_path)' })
       .option('adapter', { type: 'string', describe: 'merge: adapter directory written by llmctl lora' })
-      .option('out', { type: 'string', describe: 'merge: checkpoint directory to write' }),
+      .option('out', { type: 'string', describe: 'merge: checkpoint directory to write' })
+      .example('$0 lora --config configs/lora.yaml', 'train an adapter on the base named in the config')
+      .example('$0 lora merge --adapter runs/lora --out runs/lora-merged', 'fold an adapter into its base (flags or --config: adapter, base, out)'),
   handler: handler<Args>('lora', async (args) => {
     if (args.action === 'merge') {
-      if (!args.adapter || !args.out) throw new InputError('lora merge needs --adapter DIR and --out DIR (and --base DIR unless the adapter names its base)');
+      const cfg = loadStageConfig(LoraMergeConfigSchema, args, { adapter: args.adapter, base: args.base, out: args.out }, {
+        flags: { adapter: 'adapter', base: 'base', out: 'out' },
+      });
       await startBackend(args);
-      const r = await mergeLora({ base: args.base, adapter: args.adapter, out: args.out });
-      printSummary(args, 'lora merge', { out: args.out, base: r.base, adapter: args.adapter, merged_modules: r.modules });
+      const r = await mergeLora({ ...cfg, overwrite: args.overwrite });
+      printSummary(args, 'lora merge', { out: cfg.out, base: r.base, adapter: cfg.adapter, merged_modules: r.modules });
       return;
     }
-    const cfg = loadStageConfig(LoraConfigSchema, args, { 'train.seed': args.seed });
+    const cfg = loadStageConfig(LoraConfigSchema, args, { 'train.seed': args.seed }, { command: 'lora' });
     await startBackend(args);
-    const r = await lora(cfg, { resume: args.resume });
+    const r = await lora(cfg, { resume: args.resume, overwrite: args.overwrite, force: args.force });
     printSummary(args, 'lora', {
       out_dir: cfg.out_dir,
       base: cfg.base,

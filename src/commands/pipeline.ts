@@ -18,9 +18,13 @@ type Args = GlobalArgs & { from?: string };
 
 export const pipelineCommand: CommandModule<GlobalArgs, Args> = {
   command: 'pipeline',
-  builder: (y) => y.option('from', { type: 'string', describe: 'start at the first stage with this name' }),
+  builder: (y) =>
+    y
+      .option('from', { type: 'string', describe: 'start at the first stage with this name' })
+      .example('$0 pipeline --config configs/pipeline.yaml', 'prepare, pretrain and generate in one go')
+      .example('$0 pipeline --config configs/pipeline-full.yaml --from sft', 'rerun from the sft stage on'),
   handler: handler<Args>('pipeline', async (args) => {
-    const cfg = loadStageConfig(PipelineConfigSchema, args);
+    const cfg = loadStageConfig(PipelineConfigSchema, args, {}, { command: 'pipeline' });
     let stages = cfg.stages;
     if (args.from) {
       const at = stages.findIndex((s) => s.run === args.from);

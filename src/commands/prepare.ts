@@ -8,9 +8,12 @@ type Args = GlobalArgs & { samples?: number };
 
 export const prepareCommand: CommandModule<GlobalArgs, Args> = {
   command: 'prepare',
-  builder: (y) => y.option('samples', { type: 'number', describe: 'with a clean: section, write N removed examples per step to <out_dir>/clean-samples.jsonl' }),
+  builder: (y) => y
+    .option('samples', { type: 'number', describe: 'with a clean: section, write N removed examples per step to <out_dir>/clean-samples.jsonl' })
+    .example('$0 prepare --config configs/prepare.yaml', 'tokenize tiny Shakespeare into data/tokens (training a BPE tokenizer)')
+    .example('$0 prepare --config configs/prepare-clean.yaml --samples 3', 'clean (dedup, quality, PII, toxicity), then tokenize'),
   handler: handler<Args>('prepare', async (args) => {
-    const cfg = loadStageConfig(PrepareConfigSchema, args, args.samples !== undefined ? { 'clean.samples': args.samples } : {});
+    const cfg = loadStageConfig(PrepareConfigSchema, args, args.samples !== undefined ? { 'clean.samples': args.samples } : {}, { flags: { 'clean.samples': 'samples' }, command: 'prepare' });
     const r = await prepare(cfg);
     if (r.clean) printCleanReport(args, r.clean);
     printSummary(args, 'prepare', {

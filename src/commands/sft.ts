@@ -1,17 +1,17 @@
 import type { CommandModule } from 'yargs';
 import { SftConfigSchema } from '../config/stages.js';
 import { sft } from '../train/sft.js';
-import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend, trainingSummary } from './common.js';
+import { type GlobalArgs, type OutputArgs, handler, loadStageConfig, outputOptions, printSummary, startBackend, trainingSummary } from './common.js';
 
-type Args = GlobalArgs & { resume: boolean };
+type Args = GlobalArgs & OutputArgs;
 
 export const sftCommand: CommandModule<GlobalArgs, Args> = {
   command: 'sft',
-  builder: (y) => y.option('resume', { type: 'boolean', default: false, describe: 'continue from the trainer state in out_dir' }),
+  builder: (y) => outputOptions(y).example('$0 sft --config configs/sft.yaml', 'fine-tune runs/pretrain on the Alpaca demo data'),
   handler: handler<Args>('sft', async (args) => {
-    const cfg = loadStageConfig(SftConfigSchema, args, { 'train.seed': args.seed });
+    const cfg = loadStageConfig(SftConfigSchema, args, { 'train.seed': args.seed }, { command: 'sft' });
     await startBackend(args);
-    const r = await sft(cfg, { resume: args.resume });
+    const r = await sft(cfg, { resume: args.resume, overwrite: args.overwrite, force: args.force });
     printSummary(args, 'sft', {
       out_dir: cfg.out_dir,
       base: cfg.base,

@@ -28,19 +28,22 @@ export function loadConfig<S extends z.ZodType>(
   file: string | undefined,
   sets: string[] = [],
   extra: Record<string, unknown> = {},
+  /** How to name each `extra` value in errors (dotted path → e.g. '--top-p 1.5'); default: the file. */
+  extraLabels: Record<string, string> = {},
 ): z.infer<S> {
   const source = file ?? NO_FILE;
   const data = file === undefined ? {} : readConfigFile(file);
 
+  const fromSet = new Map<string, string>(); // dotted path → the flag or --set argument that wrote it
   for (const [key, value] of Object.entries(extra)) {
     if (value === undefined) continue; // unset CLI flags arrive as undefined: keep the file's value
     setAt(data, key.split('.'), value, source);
+    if (extraLabels[key]) fromSet.set(key, extraLabels[key]);
   }
-  const fromSet = new Map<string, string>(); // dotted path → the --set argument that wrote it
   for (const s of sets) {
     const [path, value] = parseSetOverride(s);
     setAt(data, path, value, `--set ${s}`);
-    fromSet.set(path.join('.'), s);
+    fromSet.set(path.join('.'), `--set ${s}`);
   }
   const result = schema.safeParse(data);
   if (result.success) return result.data;
@@ -48,7 +51,7 @@ export function loadConfig<S extends z.ZodType>(
   const issue = firstIssue(result.error.issues);
   const where = [...issue.path, ...(issue.code === 'unrecognized_keys' ? [issue.keys[0]!] : [])].join('.');
   const setArg = [...fromSet].find(([p]) => where === p || where.startsWith(`${p}.`))?.[1];
-  throw new ConfigError(`${setArg ? `--set ${setArg}` : source}: ${describeIssue(issue, data)}`);
+  throw new ConfigError(`${setArg ?? source}: ${describeIssue(issue, data)}`);
 }
 
 /** Validate already-loaded data; throws a one-line ConfigError for the first issue. */
@@ -254,6 +257,7 @@ function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
 
 function typeName(v: unknown): string {
   if (v === null) return 'null';
+  if (typeof v === 'number' && Number.isNaN(v)) return 'NaN';
   if (Array.isArray(v)) return 'list';
   if (typeof v === 'object') return 'mapping';
   return typeof v;

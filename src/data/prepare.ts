@@ -2,12 +2,13 @@
  * `llmctl prepare`: text / JSONL → token shards (+ the tokenizer that made them). Input is streamed in
  * chunks, so corpora larger than memory work; only BPE training reads up to tokenizer.train.max_bytes.
  */
-import { createReadStream, existsSync, mkdirSync, statSync } from 'node:fs';
-import { readFileSync } from 'node:fs';
+import { createReadStream, mkdirSync, readFileSync } from 'node:fs';
+import { checkTextInput } from './input.js';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import type { PrepareConfig } from '../config/stages.js';
 import { Tokenizer } from '../tokenizer/index.js';
+import { InputError } from '../util/errors.js';
 import { Cleaner, type StepReport } from './clean/pipeline.js';
 import { writeSamples } from './clean/corpus.js';
 import { log } from '../util/log.js';
@@ -24,14 +25,20 @@ export interface PrepareResult {
   clean?: StepReport[];
 }
 
-/** Documents of one input file, with the byte offset where each ends (for the train/val split). */
-async function* documents(path: string, textField: string): AsyncGenerator<{ text: string; endByte: number }> {
+/**
+ * Documents of one input file, with the (raw) byte offsets where each starts and ends, for the split.
+ * JSONL: one row each (a UTF-8 BOM before the first is dropped). Plain text: cut at blank lines, so BPE
+ * words are rarely split and the train/val boundary falls between paragraphs; CRLF line ends become LF.
+ */
+async function* documents(path: string, textField: string): AsyncGenerator<{ text: string; startByte: number; endByte: number }> {
   if (path.endsWith('.jsonl')) {
     let line = 0, bytes = 0;
     const rl = createInterface({ input: createReadStream(path, 'utf8'), crlfDelay: Infinity });
-    for await (const raw of rl) {
+    for await (let raw of rl) {
       line += 1;
+      const start = bytes;
       bytes += Buffer.byteLength(raw) + 1;
+      if (line === 1) raw = raw.replace(/^\uFEFF/, '');
       if (!raw.trim()) continue;
       let row: unknown;
       try {
@@ -41,25 +48,31 @@ async function* documents(path: string, textField: string): AsyncGenerator<{ tex
       }
       const text = (row as Record<string, unknown>)[textField];
       if (typeof text !== 'string') throw new Error(`${path}: line ${line}: field '${textField}' is missing or not a string`);
-      yield { text, endByte: bytes };
+      yield { text, startByte: start, endByte: bytes };
     }
     return;
   }
-  // Plain text: one document, streamed and cut at blank lines, so BPE words are rarely split and the
-  // train/val boundary falls between paragraphs.
-  let carry = '', bytes = 0;
+  let carry = '', bytes = 0, first = true;
+  const emit = (raw: string) => {
+    const start = bytes;
+    bytes += Buffer.byteLength(raw);
+    return { text: raw.replace(/\r\n/g, '\n'), startByte: start, endByte: bytes };
+  };
   for await (const chunk of createReadStream(path, { encoding: 'utf8', highWaterMark: 1 << 16 })) {
     carry += chunk as string;
-    let cut: number;
-    while ((cut = carry.indexOf('\n\n')) >= 0) {
-      const para = carry.slice(0, cut + 2);
-      carry = carry.slice(cut + 2);
-      bytes += Buffer.byteLength(para);
-      yield { text: para, endByte: bytes };
+    if (first && carry.startsWith('\uFEFF')) {
+      bytes += 3; // the BOM's bytes, so offsets stay those of the file
+      carry = carry.slice(1);
+    }
+    first = false;
+    let m: RegExpExecArray | null;
+    while ((m = /\r?\n\r?\n/.exec(carry))) {
+      const cut = m.index + m[0].length;
+      yield emit(carry.slice(0, cut));
+      carry = carry.slice(cut);
     }
   }
-  bytes += Buffer.byteLength(carry);
-  yield { text: carry, endByte: bytes };
+  yield emit(carry);
 }
 
 function trainingText(cfg: PrepareConfig, maxBytes: number): string[] {
@@ -68,7 +81,7 @@ function trainingText(cfg: PrepareConfig, maxBytes: number): string[] {
   for (const path of cfg.inputs) {
     if (budget <= 0) break;
     const buf = readFileSync(path);
-    const text = buf.subarray(0, budget).toString('utf8');
+    const text = buf.subarray(0, budget).toString('utf8').replace(/^\uFEFF/, '').replace(/\r\n/g, '\n');
     budget -= buf.length;
     if (path.endsWith('.jsonl')) {
       for (const line of text.split('\n')) {
@@ -88,7 +101,7 @@ function trainingText(cfg: PrepareConfig, maxBytes: number): string[] {
 
 export async function prepare(cfg: PrepareConfig): Promise<PrepareResult> {
   const t0 = performance.now();
-  for (const p of cfg.inputs) if (!existsSync(p)) throw new Error(`${p}: input file not found`);
+  const sizes = cfg.inputs.map(checkTextInput);
   mkdirSync(cfg.out_dir, { recursive: true });
 
   let tokenizer: Tokenizer;
@@ -108,26 +121,38 @@ export async function prepare(cfg: PrepareConfig): Promise<PrepareResult> {
   const cleaner = cfg.clean ? new Cleaner(cfg.clean) : undefined;
   let totalBytes = 0;
   try {
-    for (const path of cfg.inputs) {
-      const size = statSync(path).size;
+    for (const [i, path] of cfg.inputs.entries()) {
+      const size = sizes[i]!;
       totalBytes += size;
       sources.push({ path, bytes: size });
-      const valFrom = size * (1 - cfg.val_fraction);
-      let last = train;
+      const trainBefore = train.tokens, valBefore = val.tokens;
+      // The last val_fraction of each file (by bytes) is validation: whole documents where the boundary
+      // falls between them; a document across the boundary goes to the side holding most of it, except
+      // the file's last one (e.g. a text with no blank lines: one document), which is cut by tokens.
+      const valFrom = cfg.val_fraction > 0 ? size * (1 - cfg.val_fraction) : Infinity;
+      const jsonl = path.endsWith('.jsonl');
       let docIndex = 0;
       for await (const doc of documents(path, cfg.text_field)) {
         let text = doc.text;
         if (cleaner) {
           const kept = cleaner.process({ id: `${path}#${++docIndex}`, parts: [text] });
           if (!kept) continue;
-          text = path.endsWith('.jsonl') ? kept.parts[0]! : `${kept.parts[0]}\n\n`; // paragraphs keep their blank line
+          text = jsonl ? kept.parts[0]! : `${kept.parts[0]}\n\n`; // paragraphs keep their blank line
         }
         const ids = tokenizer.encode(text, { allowSpecial: false });
-        if (path.endsWith('.jsonl')) ids.push(tokenizer.eosId); // <|endoftext|> separates documents, as in GPT-2
-        last = doc.endByte > valFrom && cfg.val_fraction > 0 ? val : train;
-        last.write(ids);
+        const last = doc.endByte >= size;
+        if (jsonl || last) ids.push(tokenizer.eosId); // <|endoftext|> separates documents, as in GPT-2
+        if (doc.endByte <= valFrom) train.write(ids);
+        else if (doc.startByte >= valFrom || doc.endByte - valFrom >= valFrom - doc.startByte) val.write(ids);
+        else if (!last) train.write(ids);
+        else {
+          const cut = Math.round((ids.length * (valFrom - doc.startByte)) / (doc.endByte - doc.startByte));
+          train.write(ids.slice(0, cut));
+          val.write(ids.slice(cut));
+        }
       }
-      if (!path.endsWith('.jsonl')) last.write([tokenizer.eosId]);
+      if (train.tokens === trainBefore && val.tokens === valBefore) throw new InputError(`${path}: no ${jsonl ? 'rows' : 'text'} to tokenize`);
+      if (cfg.val_fraction > 0 && val.tokens === valBefore) log().warn({ path, val_fraction: cfg.val_fraction }, `${path}: too small for a validation split; all of it is training data`);
     }
   } finally {
     train.close();

@@ -15,7 +15,7 @@
  *    padded positions have mask 0.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { existsSync, readFileSync } from 'node:fs';
+import { readTextFile } from './input.js';
 import { IM_END, IM_START, type ChatMessage, type Tokenizer } from '../tokenizer/index.js';
 import type { BatchSource } from '../train/trainer.js';
 import { Rng } from '../util/rng.js';
@@ -90,8 +90,7 @@ function kind(v: unknown): string {
 
 /** Read an SFT JSONL file. Blank lines are ignored; a bad row throws `path: line N: …` unless skipInvalid. */
 export function readSftJsonl(path: string, o: { format?: SftFormat; skipInvalid?: boolean } = {}): SftReadResult {
-  if (!existsSync(path)) throw new Error(`${path}: SFT data file not found`);
-  const lines = readFileSync(path, 'utf8').split('\n');
+  const lines = readTextFile(path, 'SFT data file').split('\n');
   const rows: SftRow[] = [];
   const skippedReasons: string[] = [];
   let skipped = 0;

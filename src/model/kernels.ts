@@ -82,6 +82,10 @@ export function matmulFrozen(a: tf.Tensor2D, w: tf.Tensor2D): tf.Tensor2D {
  * WASM cost LoRA ~20% of a step: LoRA drops out the input of every adapted projection.
  */
 let dropoutState = (Math.floor(Math.random() * 0x7fffffff) | 1) >>> 0;
+/** Restart the dropout mask stream (the trainer seeds it per micro-batch, so runs and resumes repeat). */
+export function seedDropout(seed: number): void {
+  dropoutState = seed >>> 0 || 1;
+}
 export function fastDropout<T extends tf.Tensor>(x: T, rate: number): T {
   if (rate <= 0) return x;
   const mask = new Float32Array(x.size);

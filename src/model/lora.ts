@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { readJson, writeJson } from '../checkpoint/manifest.js';
 import { type LoadedCheckpoint, disposeParams, loadCheckpoint } from '../checkpoint/model.js';
 import { readSafetensors, toFloat32, writeSafetensors } from '../checkpoint/safetensors.js';
+import { assertFinite, prepareToLoad } from '../checkpoint/verify.js';
 import { Rng } from '../util/rng.js';
 import type { ModelConfig, Params } from './gpt.js';
 import { paramShapes } from './gpt.js';
@@ -85,6 +86,7 @@ export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel:
 }
 
 export function loadAdapter(dir: string): { lora: Params; config: LoraConfig; baseModel: string } {
+  prepareToLoad(dir);
   const cfgPath = join(dir, ADAPTER_CONFIG_FILE);
   if (!existsSync(cfgPath)) throw new Error(`${cfgPath}: not found (is ${dir} a LoRA adapter directory?)`);
   const raw = readJson(cfgPath, 'adapter config') as Record<string, unknown>;
@@ -97,7 +99,9 @@ export function loadAdapter(dir: string): { lora: Params; config: LoraConfig; ba
   for (const [peft, t] of Object.entries(tensors)) {
     const m = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(peft);
     if (!m) throw new Error(`${join(dir, ADAPTER_WEIGHTS_FILE)}: unexpected tensor '${peft}'`);
-    lora[`${m[1]}.lora_${m[2]}`] = tf.tidy(() => tf.transpose(tf.tensor(toFloat32(t), t.shape)));
+    const data = toFloat32(t);
+    assertFinite(join(dir, ADAPTER_WEIGHTS_FILE), peft, data);
+    lora[`${m[1]}.lora_${m[2]}`] = tf.tidy(() => tf.transpose(tf.tensor(data, t.shape)));
   }
   return { lora, config, baseModel: String(raw.base_model_name_or_path ?? '') };
 }

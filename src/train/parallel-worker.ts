@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { parentPort, workerData } from 'node:worker_threads';
 import { type BackendName, initBackend } from '../backend/index.js';
 import type { Params } from '../model/gpt.js';
+import { seedDropout } from '../model/kernels.js';
 import { addGrads } from './adamw.js';
 import { modelLoss } from './losses.js';
 import type { FromWorker, ToWorker, WorkerSpec } from './parallel.js';
@@ -34,7 +35,8 @@ try {
       }
       const losses: number[] = [];
       let sum: Record<string, tf.Tensor> = {};
-      for (const b of msg.batches) {
+      for (const [i, b] of msg.batches.entries()) {
+        if (msg.seeds) seedDropout(msg.seeds[i]!);
         const batch = {
           inputs: tf.tensor2d(b.inputs.data, b.inputs.shape as [number, number], 'int32'),
           targets: tf.tensor1d(b.targets, 'int32'),

@@ -56,7 +56,8 @@ export interface ParallelOptions<B> {
   toWire(batch: B): WireBatch;
 }
 
-export type ToWorker = { type: 'step'; weights: Record<string, Float32Array>; batches: WireBatch[] };
+/** seeds: the dropout seed of each micro-batch (see trainer.ts dropoutSeed). */
+export type ToWorker = { type: 'step'; weights: Record<string, Float32Array>; batches: WireBatch[]; seeds?: number[] };
 export type FromWorker =
   | { type: 'ready' }
   | { type: 'result'; losses: number[]; grads: Record<string, Float32Array> }
@@ -168,13 +169,14 @@ export class WorkerPool<B> {
    * Hand batches[i·perReplica…] to worker i+1 (they start at once; the tensors are freed here), resolve
    * with their summed loss and gradients. Attach a handler before awaiting other work: use the result.
    */
-  run(batches: B[], perReplica: number, dispose: (b: B) => void): Promise<RemoteResult> {
+  run(batches: B[], perReplica: number, dispose: (b: B) => void, seeds?: number[]): Promise<RemoteResult> {
     const weights = Object.fromEntries(Object.entries(this.params).map(([k, v]) => [k, v.dataSync() as Float32Array]));
     const answers = this.replicas.map((r, i) => {
       const mine = batches.slice(i * perReplica, (i + 1) * perReplica).map((b) => this.opts.toWire(b));
       // Each worker gets its own copy of the weights: transferring detaches the buffer.
       const w = Object.fromEntries(Object.entries(weights).map(([k, d]) => [k, Float32Array.from(d)]));
-      return r.request({ type: 'step', weights: w, batches: mine }, [...Object.values(w).map((d) => d.buffer as ArrayBuffer), ...mine.flatMap(wireBuffers)]);
+      const mySeeds = seeds?.slice(i * perReplica, (i + 1) * perReplica);
+      return r.request({ type: 'step', weights: w, batches: mine, ...(mySeeds ? { seeds: mySeeds } : {}) }, [...Object.values(w).map((d) => d.buffer as ArrayBuffer), ...mine.flatMap(wireBuffers)]);
     });
     for (const b of batches) dispose(b);
     const result = Promise.all(answers).then((msgs) => {

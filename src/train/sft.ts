@@ -10,8 +10,9 @@
  * base_model_name_or_path and the manifest's parent name the base checkpoint.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { join } from 'node:path';
-import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, resumableDir, saveCheckpoint, toVariables } from '../checkpoint/model.js';
+import { join, resolve } from 'node:path';
+import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, readModelConfig, resumableDir, saveCheckpoint, toVariables } from '../checkpoint/model.js';
+import { closeOutputDir, contentIds } from '../checkpoint/output.js';
 import type { SftConfig, SftDataConfig, LoraStageConfig } from '../config/stages.js';
 import {
   type SftBatch,
@@ -29,8 +30,10 @@ import {
 import { type ForwardOptions, type ModelConfig, type Params, countParams } from '../model/gpt.js';
 import { type LoraConfig, checkAdapterTargets, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
 import type { Tokenizer } from '../tokenizer/index.js';
+import { InputError } from '../util/errors.js';
 import { log } from '../util/log.js';
 import { modelLoss } from './losses.js';
+import { checkMemory } from './memory.js';
 import { tokenBatchToWire } from './parallel.js';
 import { type TrainJob, type TrainResult, train } from './trainer.js';
 
@@ -98,6 +101,10 @@ export function sftEvalLoss(params: Params, config: ModelConfig, examples: reado
 export interface FinetuneOptions {
   /** Continue from the trainer state saved in out_dir. */
   resume?: boolean;
+  /** Replace a checkpoint already in out_dir. */
+  overwrite?: boolean;
+  /** Skip the memory estimate check. */
+  force?: boolean;
   quiet?: boolean;
   /** Called after every optimizer step (tests watch memory here). */
   onStep?: TrainJob<SftBatch>['onStep'];
@@ -122,10 +129,29 @@ function evaluator(data: SftData, params: () => Params, config: ModelConfig, cfg
   };
 }
 
+/**
+ * Lock out_dir and apply the overwrite/resume policy (a resume must use the same config, data file and
+ * base checkpoint), run, and release out_dir.
+ */
+async function withOutputDir<R>(cfg: SftConfig | LoraStageConfig, o: FinetuneOptions, run: (resumeDir: string | undefined, inputs: Record<string, string>) => Promise<R>): Promise<R> {
+  const inputs = contentIds({ data: cfg.data.path, base: join(cfg.base, 'manifest.json') });
+  const resumeDir = resumableDir(cfg.out_dir, o.resume, { overwrite: o.overwrite, config: cfg, inputs });
+  try {
+    return await run(resumeDir, inputs);
+  } finally {
+    closeOutputDir(cfg.out_dir);
+  }
+}
+
 /** Full fine-tuning: every weight trains; saves a full checkpoint (parent: cfg.base). */
-export async function sft(cfg: SftConfig, o: FinetuneOptions = {}): Promise<FinetuneResult> {
-  const resumeDir = resumableDir(cfg.out_dir, o.resume);
-  const ck = loadCheckpoint(resumeDir ?? cfg.base);
+export function sft(cfg: SftConfig, o: FinetuneOptions = {}): Promise<FinetuneResult> {
+  return withOutputDir(cfg, o, (resumeDir, inputs) => sftRun(cfg, o, resumeDir, inputs));
+}
+
+async function sftRun(cfg: SftConfig, o: FinetuneOptions, resumeDir: string | undefined, inputs: Record<string, string>): Promise<FinetuneResult> {
+  const source = resumeDir ?? cfg.base;
+  checkMemory(join(source, 'config.json'), readModelConfig(source), cfg.train.batch_size, { training: true, force: o.force });
+  const ck = loadCheckpoint(source);
   const { config, tokenizer } = ck;
   let data: SftData;
   try {
@@ -148,7 +174,7 @@ export async function sft(cfg: SftConfig, o: FinetuneOptions = {}): Promise<Fine
       batches: sftBatchSource(data.train, cfg.train.batch_size, padId, cfg.train.seed, (resume?.state.step ?? 0) * cfg.train.grad_accum * cfg.train.workers),
       evaluate: evaluator(data, () => params, config, cfg, padId, {}),
       save: (payload) =>
-        saveCheckpoint(cfg.out_dir, { config, params, tokenizer, stage: 'sft', stageConfig: cfg, parentDir: cfg.base, metrics: payload.metrics, trainer: payload }),
+        saveCheckpoint(cfg.out_dir, { config, params, tokenizer, stage: 'sft', stageConfig: cfg, parentDir: cfg.base, metrics: payload.metrics, trainer: payload, inputs }),
       optim: cfg.optim,
       loop: cfg.train,
       resume,
@@ -173,8 +199,14 @@ export function adapterConfig(cfg: LoraStageConfig): LoraConfig {
 }
 
 /** LoRA: only the adapter trains; the base checkpoint is read, never written. */
-export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promise<FinetuneResult & { adapterParams: number; modules: string[] }> {
-  const resumeDir = resumableDir(cfg.out_dir, o.resume);
+export function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promise<FinetuneResult & { adapterParams: number; modules: string[] }> {
+  return withOutputDir(cfg, o, (resumeDir, inputs) => loraRun(cfg, o, resumeDir, inputs));
+}
+
+async function loraRun(cfg: LoraStageConfig, o: FinetuneOptions, resumeDir: string | undefined, inputs: Record<string, string>): Promise<FinetuneResult & { adapterParams: number; modules: string[] }> {
+  const baseConfig = readModelConfig(cfg.base);
+  const trainable = targetModules(baseConfig, adapterConfig(cfg)).length * cfg.lora.r * 2 * baseConfig.n_embd; // about: r·(in + out) per module
+  checkMemory(join(cfg.base, 'config.json'), baseConfig, cfg.train.batch_size, { training: true, trainable, force: o.force });
   const base: LoadedCheckpoint = loadCheckpoint(cfg.base);
   const { config, tokenizer } = base;
   const acfg = adapterConfig(cfg);
@@ -228,6 +260,7 @@ export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promi
           parentDir: cfg.base,
           metrics: payload.metrics,
           trainer: payload,
+          inputs,
         }),
       optim: cfg.optim,
       loop: cfg.train,
@@ -244,12 +277,16 @@ export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promi
 }
 
 /** Fold an adapter into its base: writes a plain full checkpoint (stage lora-merge, parent = base). */
-export async function mergeLora(o: { base?: string; adapter: string; out: string }): Promise<{ base: string; config: ModelConfig; modules: number }> {
+export async function mergeLora(o: { base?: string; adapter: string; out: string; overwrite?: boolean }): Promise<{ base: string; config: ModelConfig; modules: number }> {
   const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter);
   const baseDir = o.base ?? baseModel;
   if (!baseDir) {
     disposeParams(adapterParams);
     throw new Error(`${join(o.adapter, 'adapter_config.json')}: no base_model_name_or_path; pass --base`);
+  }
+  if (!o.overwrite && [baseDir, o.adapter].some((d) => resolve(d) === resolve(o.out))) {
+    disposeParams(adapterParams);
+    throw new InputError(`--out ${o.out}: is the ${resolve(o.out) === resolve(baseDir) ? 'base checkpoint' : 'adapter'} being merged; choose another directory (or pass --overwrite to replace it)`);
   }
   let ck: LoadedCheckpoint;
   try {
@@ -269,6 +306,7 @@ export async function mergeLora(o: { base?: string; adapter: string; out: string
         stage: 'lora-merge',
         stageConfig: { base: baseDir, adapter: o.adapter, lora: acfg },
         parentDir: baseDir,
+        overwrite: o.overwrite,
       });
     } finally {
       disposeParams(merged);

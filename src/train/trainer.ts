@@ -5,11 +5,13 @@
  * A stage supplies a loss over its own batch type and a way to save; the loop owns everything else.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TrainerState } from '../checkpoint/manifest.js';
 import { METRICS_FILE } from '../checkpoint/model.js';
+import { closeOutputDir, isOutputOpen, openOutputDir } from '../checkpoint/output.js';
 import type { OptimConfig, TrainLoopConfig } from '../config/schemas.js';
+import { seedDropout } from '../model/kernels.js';
 import { Progress, log } from '../util/log.js';
 import { Rng } from '../util/rng.js';
 import { AdamW, addGrads, clipGradNorm, learningRate } from './adamw.js';
@@ -34,8 +36,12 @@ export interface TrainJob<B> {
   batches: BatchSource<B>;
   /** Held-out metrics, e.g. { val_loss, val_ppl }; called every eval_every steps and at the end. */
   evaluate?(): Record<string, number>;
-  /** Write a checkpoint with the given trainer payload (model or adapter, as the stage decides). */
-  save(payload: { state: TrainerState; optimizer: Record<string, tf.Tensor>; metricsLog: string; metrics: Record<string, number> }): Promise<void>;
+  /**
+   * Write a checkpoint with the given trainer payload (model or adapter, as the stage decides); pass it
+   * to saveCheckpoint as `trainer`. metricsText is the run's metrics.jsonl up to this step: the log is
+   * written only inside the atomic save, so it always belongs to the checkpoint beside it.
+   */
+  save(payload: TrainPayload): Promise<void>;
   optim: OptimConfig;
   loop: TrainLoopConfig;
   /** From loadTrainerState(): continue where a previous run stopped. */
@@ -46,6 +52,18 @@ export interface TrainJob<B> {
   onStep?(info: { step: number; loss: number; seconds: number; tokens: number }): void;
   /** Data parallelism over loop.workers replicas (see parallel.ts); without it, or with 1 worker, all runs here. */
   parallel?: Omit<ParallelOptions<B>, 'workers'>;
+  /**
+   * Replace a checkpoint already in outDir. Only used when the stage has not opened outDir itself
+   * (resumableDir does that, with the stage's --overwrite/--resume); see checkpoint/output.ts.
+   */
+  overwrite?: boolean;
+}
+
+export interface TrainPayload {
+  state: TrainerState;
+  optimizer: Record<string, tf.Tensor>;
+  metricsText: string;
+  metrics: Record<string, number>;
 }
 
 export interface TrainResult {
@@ -56,11 +74,27 @@ export interface TrainResult {
   metrics: Record<string, number>;
   tokensPerSecond: number;
   interrupted: boolean;
+  /** The signal that stopped the run early (SIGINT or SIGTERM), when interrupted. */
+  signal?: 'SIGINT' | 'SIGTERM';
 }
 
 export class NonFiniteLossError extends Error {}
 
+/** Signals that mean "stop cleanly": Ctrl-C, and what `docker stop` and job schedulers send. */
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM'] as const;
+
 export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
+  // Lock the output dir and apply the overwrite/resume policy, unless the stage already did.
+  const ownsOutput = !isOutputOpen(job.outDir);
+  if (ownsOutput) openOutputDir(job.outDir, { resume: Boolean(job.resume), overwrite: job.overwrite });
+  try {
+    return await trainLoop(job);
+  } finally {
+    if (ownsOutput) closeOutputDir(job.outDir);
+  }
+}
+
+async function trainLoop<B>(job: TrainJob<B>): Promise<TrainResult> {
   const { loop, optim } = job;
   const replicas = loop.workers ?? 1; // (loop configs built by hand may predate the field)
   if (replicas > 1 && !job.parallel) throw new Error(`${job.stage}: train.workers > 1 is not supported by this stage`);
@@ -76,18 +110,21 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
   }
   const optimizer = new AdamW(job.params, optim);
   if (job.resume) optimizer.loadState(job.resume.optimizer, step);
-  mkdirSync(job.outDir, { recursive: true });
-  const metricsLog = join(job.outDir, METRICS_FILE);
-  truncateMetrics(metricsLog, step);
-  const record = (entry: Record<string, unknown>) => appendFileSync(metricsLog, JSON.stringify({ ...entry, time: new Date().toISOString() }) + '\n');
+  // The log so far: the resumed checkpoint's lines up to its step, then this run's. Kept in memory and
+  // written inside each atomic save, so metrics.jsonl never describes steps its checkpoint lacks.
+  const metricsLines = job.resume ? metricsUpTo(join(job.outDir, METRICS_FILE), step) : [];
+  const record = (entry: Record<string, unknown>) => metricsLines.push(JSON.stringify({ ...entry, time: new Date().toISOString() }));
+  let savedStep: number | undefined = job.resume ? step : undefined;
+  const kept = () =>
+    savedStep === undefined ? `no checkpoint of this run was saved in ${job.outDir}` : `${job.outDir} keeps the checkpoint of step ${savedStep}`;
 
-  let stopRequested = false;
-  const onSigint = () => {
-    if (stopRequested) process.exit(130); // second Ctrl-C: leave now
-    stopRequested = true;
-    log().warn('SIGINT: finishing this step, saving a checkpoint, then exiting (Ctrl-C again to abort)');
+  let stopSignal: (typeof STOP_SIGNALS)[number] | undefined;
+  const onSignal = (signal: (typeof STOP_SIGNALS)[number]) => {
+    if (stopSignal) process.exit(signal === 'SIGTERM' ? 143 : 130); // a second signal: leave now
+    stopSignal = signal;
+    log().warn(`${signal}: finishing this step, saving a checkpoint, then exiting (${signal === 'SIGINT' ? 'Ctrl-C' : 'signal'} again to abort)`);
   };
-  process.on('SIGINT', onSigint);
+  for (const s of STOP_SIGNALS) process.on(s, onSignal);
 
   const progress = job.quiet ? undefined : new Progress(job.stage, loop.max_steps);
   const varList = Object.values(job.params);
@@ -111,7 +148,20 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
     schedule: { kind: optim.schedule, peak_lr: optim.lr, min_lr: optim.min_lr, warmup_steps: optim.warmup_steps, total_steps: loop.max_steps },
   });
   const save = async (why: string) => {
-    await job.save({ state: state(), optimizer: optimizer.stateTensors(), metricsLog, metrics: { ...metrics, step, train_loss: lastLoss } });
+    const moments = optimizer.stateTensors();
+    // Never save what cannot be trained on: NaN/Inf weights or moments (a diverged run) stop the run.
+    const bad = firstNonFinite(job.params) ?? firstNonFinite(moments);
+    if (bad) {
+      throw new NonFiniteLossError(
+        `non-finite values in ${bad} after step ${step}; not saved, ${kept()}. Try a lower optim.lr or a smaller optim.grad_clip.`,
+      );
+    }
+    try {
+      await job.save({ state: state(), optimizer: moments, metricsText: metricsLines.map((l) => l + '\n').join(''), metrics: { ...metrics, step, train_loss: lastLoss } });
+    } catch (err) {
+      throw Object.assign(new Error(`saving step ${step} failed: ${(err as Error).message}${savedStep !== undefined ? ` (${kept()})` : ''}`), { cause: err });
+    }
+    savedStep = step;
     progress?.note(`checkpoint saved (${why})`, { step, dir: job.outDir });
   };
   const runEval = () => {
@@ -130,7 +180,9 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
       lr = learningRate(step, loop.max_steps, optim);
       let grads: Record<string, tf.Tensor> = {};
       let lossSum = 0, stepTokens = 0;
+      let micro = 0;
       const local = async (batch: B) => {
+        seedDropout(dropoutSeed(loop.seed, step, micro++));
         stepTokens += job.batches.tokens(batch);
         const { value, grads: g } = tf.variableGrads(() => job.loss(batch), varList);
         job.batches.dispose(batch);
@@ -151,7 +203,8 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
         }
         const others = drawn.slice(loop.grad_accum);
         for (const b of others) stepTokens += job.batches.tokens(b);
-        const remote = pool.run(others, loop.grad_accum, (b) => job.batches.dispose(b)); // workers start now
+        const seeds = others.map((_, i) => dropoutSeed(loop.seed, step, loop.grad_accum + i));
+        const remote = pool.run(others, loop.grad_accum, (b) => job.batches.dispose(b), seeds); // workers start now
         for (const b of drawn.slice(0, loop.grad_accum)) await local(b); // ...while this thread does its share
         const r = await remote;
         lossSum += r.lossSum;
@@ -163,8 +216,8 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
       if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
         for (const g of Object.values(grads)) g.dispose();
         throw new NonFiniteLossError(
-          `non-finite ${Number.isFinite(loss) ? 'gradient norm' : 'loss'} at step ${step + 1}; stopped without saving. ` +
-            `The last good checkpoint (if any) is in ${job.outDir}. Try a lower optim.lr or a smaller optim.grad_clip.`,
+          `non-finite ${Number.isFinite(loss) ? 'gradient norm' : 'loss'} at step ${step + 1}; stopped without saving, ${kept()}. ` +
+            'Try a lower optim.lr or a smaller optim.grad_clip.',
         );
       }
       optimizer.apply(grads, lr);
@@ -182,7 +235,7 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
         record({ step, loss, lr, grad_norm: gradNorm, tokens_seen: tokensSeen, tok_s: Math.round(tokS) });
       }
       if (loop.eval_every > 0 && step % loop.eval_every === 0 && step !== loop.max_steps) runEval();
-      if (stopRequested) {
+      if (stopSignal) {
         await save('interrupted');
         return finish(true);
       }
@@ -196,7 +249,7 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
     progress?.fail(`${job.stage} stopped at step ${step}`);
     throw err;
   } finally {
-    process.off('SIGINT', onSigint);
+    for (const s of STOP_SIGNALS) process.off(s, onSignal);
     optimizer.dispose();
     await pool?.close();
   }
@@ -204,8 +257,27 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
   function finish(interrupted: boolean): TrainResult {
     const tokensPerSecond = secondsTimed > 0 ? tokensTimed / secondsTimed : 0;
     progress?.done(`${job.stage}: ${step} steps, loss ${lastLoss.toFixed(4)}, ${Math.round(tokensPerSecond)} tok/s`);
-    return { step, tokensSeen, finalLoss: lastLoss, losses, metrics: { ...metrics, train_loss: lastLoss, tokens_per_second: tokensPerSecond }, tokensPerSecond, interrupted };
+    return {
+      step, tokensSeen, finalLoss: lastLoss, losses, metrics: { ...metrics, train_loss: lastLoss, tokens_per_second: tokensPerSecond }, tokensPerSecond, interrupted,
+      ...(interrupted && stopSignal ? { signal: stopSignal } : {}),
+    };
   }
+}
+
+/** The dropout mask seed of one micro-batch: a function of the run's seed and position, so a resume repeats it. */
+export function dropoutSeed(seed: number, step: number, micro: number): number {
+  return new Rng((BigInt(seed) << 32n) ^ (BigInt(step) << 12n) ^ BigInt(micro + 1)).nextU32();
+}
+
+/** Name of the first tensor holding NaN or ±Inf (x·0 is NaN exactly there), or undefined. */
+function firstNonFinite(tensors: Record<string, tf.Tensor>): string | undefined {
+  for (const [name, t] of Object.entries(tensors)) {
+    const probe = tf.tidy(() => tf.sum(tf.mul(t, 0)));
+    const ok = Number.isFinite(probe.dataSync()[0]);
+    probe.dispose();
+    if (!ok) return name;
+  }
+  return undefined;
 }
 
 function scaleAll(grads: Record<string, tf.Tensor>, s: number): Record<string, tf.Tensor> {
@@ -217,10 +289,10 @@ function scaleAll(grads: Record<string, tf.Tensor>, s: number): Record<string, t
   return out;
 }
 
-/** On resume, drop log lines from steps after the checkpoint (a crashed run may have logged past it). */
-function truncateMetrics(path: string, step: number): void {
-  if (!existsSync(path)) return;
-  const kept = readFileSync(path, 'utf8').split('\n').filter((line) => {
+/** The resumed checkpoint's log lines up to its step (older llmctl versions logged past the checkpoint). */
+function metricsUpTo(path: string, step: number): string[] {
+  if (!existsSync(path)) return [];
+  return readFileSync(path, 'utf8').split('\n').filter((line) => {
     if (!line.trim()) return false;
     try {
       return (JSON.parse(line) as { step?: number }).step! <= step;
@@ -228,5 +300,4 @@ function truncateMetrics(path: string, step: number): void {
       return false;
     }
   });
-  writeFileSync(path, kept.map((l) => l + '\n').join(''));
 }

@@ -37,12 +37,20 @@ export function formatDuration(seconds: number): string {
   return h > 0 ? `${h}h${String(m).padStart(2, '0')}m` : m > 0 ? `${m}m${String(r).padStart(2, '0')}s` : `${r}s`;
 }
 
-/** Step progress: an ora line on a TTY, a pino record per update otherwise. */
+/**
+ * A redrawn progress line needs a terminal of known, non-zero width: at 0 columns the spinner's
+ * line-wrapping never converges and floods the terminal with escape codes. Otherwise: plain log lines.
+ */
+export function canShowProgressLine(stream: { isTTY?: boolean; columns?: number }): boolean {
+  return Boolean(stream.isTTY) && typeof stream.columns === 'number' && stream.columns > 0;
+}
+
+/** Step progress: an ora line on a terminal (see canShowProgressLine), a pino record per update otherwise. */
 export class Progress {
   private spinner: Ora | undefined;
   private readonly started = Date.now();
 
-  constructor(private readonly label: string, private readonly total: number, tty = Boolean(process.stderr.isTTY) && root.level !== 'silent') {
+  constructor(private readonly label: string, private readonly total: number, tty = canShowProgressLine(process.stderr) && root.level !== 'silent') {
     if (tty) this.spinner = ora({ text: label, stream: process.stderr }).start();
   }
 
