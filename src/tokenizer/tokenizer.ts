@@ -85,8 +85,16 @@ interface TokenizerSpec {
   chatTemplate: string;
   /** byte_level: HF ByteLevel add_prefix_space. sentencepiece: the dummy-prefix space. */
   addPrefixSpace: boolean;
-  /** sentencepiece only: the char the vocab uses for a space (' ' for ours, '▁' for HF Llama files). */
+  /** sentencepiece only: the char the vocab uses for a space (' ' for llama2.c imports, '▁' for HF Llama files). */
   spaceSymbol: string;
+  /**
+   * sentencepiece only: a Metaspace pre-tokenizer (newer HF Llama files) instead of the legacy normalizers.
+   * Its prefix space is skipped when the piece already starts with a space; "first" adds it to the first
+   * piece of the text only (not after a special token).
+   */
+  metaspace?: 'always' | 'first' | undefined;
+  /** The tokenizer puts BOS in front of every encoded text by default (HF: the post-processor / add_bos_token). */
+  addBos: boolean;
 }
 
 export class Tokenizer {
@@ -95,7 +103,9 @@ export class Tokenizer {
   readonly bosId: number | undefined;
   readonly eosId: number;
   readonly padId: number;
-  /** Jinja-like template recorded for other tools; renderChat always renders ChatML. */
+  /** Whether the model expects BOS at the start of a text (prompts get it; HF's post-processor adds it). */
+  readonly addBos: boolean;
+  /** Jinja chat template (tokenizer_config.json's chat_template); '' when the vocabulary has no chat markup. */
   chatTemplate: string;
 
   private readonly spec: TokenizerSpec;
@@ -118,6 +128,7 @@ export class Tokenizer {
     this.bosId = spec.bosId;
     this.eosId = spec.eosId;
     this.padId = spec.padId;
+    this.addBos = spec.addBos && spec.bosId !== undefined;
     this.chatTemplate = spec.chatTemplate;
     if (this.vocabSize >= ID_SPACE) throw new Error(`vocab too large (${this.vocabSize})`);
 
@@ -211,9 +222,10 @@ export class Tokenizer {
       bosId: undefined,
       eosId,
       padId: eosId,
-      chatTemplate: CHATML_TEMPLATE,
+      chatTemplate: specials.includes(IM_START) && specials.includes(IM_END) ? CHATML_TEMPLATE : '',
       addPrefixSpace: false,
       spaceSymbol: ' ',
+      addBos: false,
     });
   }
 
@@ -276,9 +288,10 @@ export class Tokenizer {
       bosId: undefined,
       eosId,
       padId: eosId,
-      chatTemplate: CHATML_TEMPLATE,
+      chatTemplate: IM_START in specialTokens && IM_END in specialTokens ? CHATML_TEMPLATE : '',
       addPrefixSpace: false,
       spaceSymbol: ' ',
+      addBos: false,
     });
   }
 
@@ -336,9 +349,10 @@ export class Tokenizer {
       bosId: 1,
       eosId: 2,
       padId: 2,
-      chatTemplate: CHATML_TEMPLATE,
+      chatTemplate: '', // no chat markup in the vocabulary (setupChatFormat adds ChatML)
       addPrefixSpace: true,
       spaceSymbol: ' ',
+      addBos: true,
     });
   }
 
@@ -380,6 +394,7 @@ export class Tokenizer {
 
     let addPrefixSpace = false;
     let spaceSymbol = ' ';
+    let metaspace: 'always' | 'first' | undefined;
     if (kind === 'byte_level') {
       const pre = root['pre_tokenizer'] as Record<string, unknown> | null | undefined;
       if (!pre || pre['type'] !== 'ByteLevel') {
@@ -395,6 +410,16 @@ export class Tokenizer {
         if (n['type'] === 'Replace' && pat?.['String'] === ' ' && typeof n['content'] === 'string') {
           spaceSymbol = n['content'];
         }
+      }
+      // Newer HF Llama files: no normalizer, a Metaspace pre-tokenizer instead.
+      const pre = root['pre_tokenizer'] as Record<string, unknown> | null | undefined;
+      if (pre && pre['type'] === 'Metaspace') {
+        spaceSymbol = typeof pre['replacement'] === 'string' ? pre['replacement'] : '\u2581';
+        const scheme = pre['prepend_scheme'] ?? (pre['add_prefix_space'] === false ? 'never' : 'always');
+        addPrefixSpace = scheme !== 'never';
+        metaspace = scheme === 'first' ? 'first' : 'always';
+      } else if (pre) {
+        throw new Error(`sentencepiece-style BPE: pre_tokenizer ${String(pre['type'])} is not supported (none or Metaspace)`);
       }
     }
 
@@ -457,7 +482,8 @@ export class Tokenizer {
       idOf('eos_token') ?? tokenIds.get(kind === 'sentencepiece' ? EOS : ENDOFTEXT) ?? added.find((t) => t.special)?.id;
     if (eosId === undefined) throw new Error('cannot determine the EOS token');
     const padId = idOf('pad_token') ?? eosId;
-    let chatTemplate = CHATML_TEMPLATE;
+    const hasChatML = addedById.size > 0 && added.some((t) => t.content === IM_START) && added.some((t) => t.content === IM_END);
+    let chatTemplate = hasChatML ? CHATML_TEMPLATE : '';
     const ct = cfg['chat_template'];
     if (typeof ct === 'string') chatTemplate = ct;
     else if (Array.isArray(ct)) {
@@ -480,6 +506,8 @@ export class Tokenizer {
       chatTemplate,
       addPrefixSpace,
       spaceSymbol,
+      metaspace,
+      addBos: bosId !== undefined && (typeof cfg['add_bos_token'] === 'boolean' ? cfg['add_bos_token'] : postProcessorAddsBos(root['post_processor'], vocab[bosId]!)),
     });
   }
 
@@ -496,7 +524,7 @@ export class Tokenizer {
     const s = this.spec;
     // fromEntries + Set, not `tok in obj`: tokens like "constructor" must not hit Object.prototype.
     const seen = new Set<string>();
-    const vocab = Object.fromEntries(
+    let vocab: Record<string, number> = Object.fromEntries(
       s.vocab.flatMap((tok, id) => (seen.has(tok) ? [] : (seen.add(tok), [[tok, id] as const]))),
     );
     const added_tokens = s.added.map((t) => ({
@@ -509,9 +537,23 @@ export class Tokenizer {
       special: t.special,
     }));
     const byteLevel = s.kind === 'byte_level';
-    // Sentencepiece pieces contain real spaces, so "a b" would be ambiguous: use the
-    // [left, right] pair form (tokenizers >= 0.20 reads both).
-    const merges = s.merges.map(([a, b]) => (byteLevel ? `${s.vocab[a]} ${s.vocab[b]}` : [s.vocab[a], s.vocab[b]]));
+    // Sentencepiece vocabularies are written in HF's '▁' convention whatever they use in memory, so no
+    // piece holds a real space and merges are the usual "left right" strings.
+    const sp = '\u2581';
+    const addedSet = new Set(s.added.map((t) => t.id));
+    const piece = (id: number): string => (byteLevel || addedSet.has(id) ? s.vocab[id]! : s.vocab[id]!.replaceAll(s.spaceSymbol, sp));
+    if (!byteLevel) {
+      vocab = Object.fromEntries(
+        (() => {
+          const seen2 = new Set<string>();
+          return s.vocab.flatMap((_, id) => {
+            const tok = piece(id);
+            return seen2.has(tok) ? [] : (seen2.add(tok), [[tok, id] as const]);
+          });
+        })(),
+      );
+    }
+    const merges = s.merges.map(([a, b]) => `${piece(a)} ${piece(b)}`);
     const model = {
       type: 'BPE',
       dropout: null,
@@ -536,22 +578,33 @@ export class Tokenizer {
         model,
       };
     }
-    const sp = s.spaceSymbol;
+    // As HF's Llama files: legacy normalizers (Prepend + Replace), or Metaspace when only the first
+    // piece gets the prefix space; BOS from a TemplateProcessing post-processor.
     const normalizers: object[] = [];
     if (s.addPrefixSpace) normalizers.push({ type: 'Prepend', prepend: sp });
-    if (sp !== ' ') normalizers.push({ type: 'Replace', pattern: { String: ' ' }, content: sp });
-    const decoders: object[] = [];
-    if (sp !== ' ') decoders.push({ type: 'Replace', pattern: { String: sp }, content: ' ' });
-    decoders.push({ type: 'ByteFallback' }, { type: 'Fuse' });
+    normalizers.push({ type: 'Replace', pattern: { String: ' ' }, content: sp });
+    const metaspace = s.metaspace ? { type: 'Metaspace', replacement: sp, prepend_scheme: s.addPrefixSpace ? s.metaspace : 'never', split: false } : null;
+    const decoders: object[] = [{ type: 'Replace', pattern: { String: sp }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }];
     if (s.addPrefixSpace) decoders.push({ type: 'Strip', content: ' ', start: 1, stop: 0 });
+    let post_processor: object | null = null;
+    if (this.addBos) {
+      const bos = s.vocab[s.bosId!]!;
+      const special = { SpecialToken: { id: bos, type_id: 0 } };
+      post_processor = {
+        type: 'TemplateProcessing',
+        single: [special, { Sequence: { id: 'A', type_id: 0 } }],
+        pair: [special, { Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: bos, type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+        special_tokens: { [bos]: { id: bos, ids: [s.bosId], tokens: [bos] } },
+      };
+    }
     return {
       version: '1.0',
       truncation: null,
       padding: null,
       added_tokens,
-      normalizer: normalizers.length === 1 ? normalizers[0] : { type: 'Sequence', normalizers },
-      pre_tokenizer: null,
-      post_processor: null,
+      normalizer: metaspace ? null : { type: 'Sequence', normalizers },
+      pre_tokenizer: metaspace,
+      post_processor,
       decoder: { type: 'Sequence', decoders },
       model,
     };
@@ -573,12 +626,13 @@ export class Tokenizer {
       };
     }
     return {
-      add_bos_token: s.kind === 'sentencepiece',
+      add_bos_token: this.addBos,
       add_eos_token: false,
       add_prefix_space: s.kind === 'byte_level' ? s.addPrefixSpace : undefined,
       added_tokens_decoder,
       bos_token: name(s.bosId),
-      chat_template: this.chatTemplate,
+      // Only where the vocabulary has the template's tokens (an empty template means none).
+      chat_template: this.chatTemplate || undefined,
       clean_up_tokenization_spaces: false,
       eos_token: name(s.eosId),
       pad_token: name(s.padId),
@@ -593,25 +647,27 @@ export class Tokenizer {
     const out: number[] = [];
     if (opts.addBos && this.bosId !== undefined) out.push(this.bosId);
     if (opts.allowSpecial === false || this.addedRegex === undefined) {
-      this.encodeOrdinary(text, out);
+      this.encodeOrdinary(text, out, true);
       return out;
     }
     let last = 0;
     for (const m of text.matchAll(this.addedRegex)) {
-      this.encodeOrdinary(text.slice(last, m.index), out);
+      this.encodeOrdinary(text.slice(last, m.index), out, last === 0);
       out.push(this.addedIds.get(m[0])!);
       last = m.index + m[0].length;
     }
-    this.encodeOrdinary(text.slice(last), out);
+    this.encodeOrdinary(text.slice(last), out, last === 0);
     return out;
   }
 
   /** Text without special-token handling; each call is one HF "split" (gets the prefix space). */
-  private encodeOrdinary(text: string, out: number[]): void {
+  private encodeOrdinary(text: string, out: number[], first: boolean): void {
     if (text.length === 0) return;
     if (this.kind === 'sentencepiece') {
       // run.c: dummy-prefix space, code points -> pieces or <0xXX> byte fallback, then merges.
-      const s = this.spec.addPrefixSpace ? ' ' + text : text;
+      const ms = this.spec.metaspace;
+      const prefix = this.spec.addPrefixSpace && (!ms || (!text.startsWith(' ') && (first || ms === 'always')));
+      const s = prefix ? ' ' + text : text;
       const symbols: number[] = [];
       for (const ch of s) {
         const id = this.charIds.get(ch);
@@ -752,6 +808,16 @@ export class Tokenizer {
 function asRecord(x: unknown, what: string): Record<string, unknown> {
   if (typeof x !== 'object' || x === null || Array.isArray(x)) throw new Error(`${what}: expected an object`);
   return x as Record<string, unknown>;
+}
+
+/** Whether a post_processor (TemplateProcessing, possibly inside a Sequence) puts `bos` first. */
+function postProcessorAddsBos(pp: unknown, bos: string): boolean {
+  if (typeof pp !== 'object' || pp === null) return false;
+  const r = pp as Record<string, unknown>;
+  if (r['type'] === 'Sequence' && Array.isArray(r['processors'])) return r['processors'].some((p) => postProcessorAddsBos(p, bos));
+  if (r['type'] !== 'TemplateProcessing' || !Array.isArray(r['single'])) return false;
+  const first = r['single'][0] as Record<string, Record<string, unknown>> | undefined;
+  return first?.['SpecialToken']?.['id'] === bos;
 }
 
 function normalizerList(n: unknown): Array<Record<string, unknown>> {
