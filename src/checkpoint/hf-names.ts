@@ -204,7 +204,7 @@ function configFromHf(raw: Record<string, unknown>, path: string): ModelConfig {
 
 // ------------------------------------------------------------------------------------------ tensors
 
-const LEGACY_NAME = /^h\.\d+\.(attn|mlp)\.\w+_proj\.(weight|bias)$/;
+const LEGACY_NAME = /^h\.\d+\.(attn\.[qkvo]|mlp\.(gate|up|down))_proj\.(weight|bias)$/;
 
 /** True for files written before the HF mapping (our names, linears [out, in]). */
 export function isLegacyLayout(names: readonly string[]): boolean {
