@@ -430,3 +430,158 @@ export function fromFileTensors(c: ModelConfig, file: Record<string, TensorData>
   }
   return out;
 }
+
+// ------------------------------------------------------------------------------------------ PEFT adapters
+
+/**
+ * LoRA adapters as PEFT saves them for the HF model: `base_model.model.<HF module>.lora_A.weight` [r, in]
+ * and `.lora_B.weight` [out, r]. In memory an adapter is `<module>.lora_A` [in, r] + `<module>.lora_B` [r, out].
+ * GPT-2's q, k, v are one Conv1D (c_attn), so their adapters are written as one: A = [A_q; A_k; A_v] and a
+ * block-diagonal B (rank 3r, alpha 3α through rank_pattern / alpha_pattern: the same α/r scale); a projection
+ * that is not targeted has zero blocks. target_modules become suffixes PEFT matches ("attn.c_attn", …).
+ */
+export const PEFT_PREFIX = 'base_model.model.';
+const FUSED = ['q_proj', 'k_proj', 'v_proj'] as const;
+
+export interface PeftLayout {
+  tensors: Record<string, HostTensor>;
+  target_modules: string[];
+  rank_pattern: Record<string, number>;
+  alpha_pattern: Record<string, number>;
+  fan_in_fan_out: boolean;
+}
+
+const zeros = (shape: number[]): HostTensor => ({ shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
+
+/** Stack [rows_i, cols] matrices along rows. */
+function concatRows(parts: HostTensor[]): HostTensor {
+  const cols = parts[0]!.shape[1]!;
+  const rowsN = parts.reduce((n, p) => n + p.shape[0]!, 0);
+  const out = new Float32Array(rowsN * cols);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p.data, at);
+    at += p.data.length;
+  }
+  return { shape: [rowsN, cols], data: out };
+}
+
+/** Rows [r0, r0 + n) of a matrix. */
+function sliceRows(t: HostTensor, r0: number, n: number): HostTensor {
+  const c = t.shape[1]!;
+  return { shape: [n, c], data: t.data.slice(r0 * c, (r0 + n) * c) };
+}
+
+/** In-memory adapter → PEFT tensors and the adapter_config fields that depend on the architecture. */
+export function toPeft(c: ModelConfig, lora: Record<string, HostTensor>, r: number, alpha: number): PeftLayout {
+  const tensors: Record<string, HostTensor> = {};
+  const modules = [...new Set(Object.keys(lora).map((k) => k.replace(/\.lora_[AB]$/, '')))];
+  const targets = new Set<string>();
+  const hd = c.n_embd / c.n_head;
+  const fusedLayers = new Set<number>();
+  for (const m of modules) {
+    const A = lora[`${m}.lora_A`], B = lora[`${m}.lora_B`];
+    if (!A || !B) throw new Error(`adapter '${m}' lacks lora_A or lora_B`);
+    const fused = c.arch === 'gpt2' && /^h\.\d+\.attn\.[qkv]_proj$/.test(m);
+    if (fused) {
+      fusedLayers.add(Number(m.split('.')[1]));
+      continue;
+    }
+    const hf = hfModuleName(c, m);
+    tensors[`${PEFT_PREFIX}${hf}.lora_A.weight`] = transpose2d(A);
+    tensors[`${PEFT_PREFIX}${hf}.lora_B.weight`] = transpose2d(B);
+    targets.add(c.arch === 'llama' ? hf.split('.').pop()! : hf.split('.').slice(-2).join('.'));
+  }
+  const rank_pattern: Record<string, number> = {}, alpha_pattern: Record<string, number> = {};
+  for (const i of fusedLayers) {
+    const d = c.n_embd;
+    const blocks = FUSED.map((p) => {
+      const A = lora[`h.${i}.attn.${p}.lora_A`], B = lora[`h.${i}.attn.${p}.lora_B`];
+      if (!A || !B) return undefined;
+      return { A: transpose2d(A), B: transpose2d(p === 'q_proj' ? B : repeatKvHeads(B, c.n_kv_head, c.n_head, hd)) }; // [r, in], [d, r]
+    });
+    const rb = blocks.find((b) => b)!.A.shape[0]!;
+    const nin = blocks.find((b) => b)!.A.shape[1]!;
+    const A = concatRows(blocks.map((b) => b?.A ?? zeros([rb, nin])));
+    const B = zeros([3 * d, 3 * rb]);
+    blocks.forEach((b, j) => {
+      if (!b) return;
+      for (let row = 0; row < d; row++) B.data.set(b.B.data.subarray(row * rb, (row + 1) * rb), (j * d + row) * 3 * rb + j * rb);
+    });
+    tensors[`${PEFT_PREFIX}transformer.h.${i}.attn.c_attn.lora_A.weight`] = A;
+    tensors[`${PEFT_PREFIX}transformer.h.${i}.attn.c_attn.lora_B.weight`] = B;
+    targets.add('attn.c_attn');
+    rank_pattern['attn.c_attn'] = 3 * rb;
+    alpha_pattern['attn.c_attn'] = (3 * rb * alpha) / r;
+  }
+  return { tensors, target_modules: [...targets].sort(), rank_pattern, alpha_pattern, fan_in_fan_out: c.arch === 'gpt2' };
+}
+
+/** The per-module entry of a PEFT rank/alpha pattern that applies to an HF module name (suffix match, as PEFT). */
+function patternValue(pattern: unknown, hfModule: string): number | undefined {
+  if (typeof pattern !== 'object' || pattern === null) return undefined;
+  for (const [k, v] of Object.entries(pattern as Record<string, unknown>)) {
+    if (typeof v === 'number' && (hfModule === k || hfModule.endsWith(`.${k}`) || new RegExp(`(^|\\.)${k}$`).test(hfModule))) return v;
+  }
+  return undefined;
+}
+
+/**
+ * PEFT adapter tensors (HF module names, or the legacy ones with our module names) → in-memory adapter at
+ * the single scale alpha/r; a module whose pattern gives it another scale has the ratio folded into B.
+ */
+export function fromPeft(c: ModelConfig, file: Record<string, TensorData>, peft: { r: number; lora_alpha: number; rank_pattern?: unknown; alpha_pattern?: unknown }, path: string): Record<string, HostTensor> {
+  const out: Record<string, HostTensor> = {};
+  const scale = peft.lora_alpha / peft.r;
+  const byModule = new Map<string, { A?: HostTensor; B?: HostTensor }>();
+  for (const [key, t] of Object.entries(file)) {
+    const m = /^base_model\.model\.(.+)\.lora_([AB])(?:\.default)?\.weight$/.exec(key);
+    if (!m) throw new Error(`${path}: unexpected tensor '${key}'`);
+    const e = byModule.get(m[1]!) ?? {};
+    e[m[2] as 'A' | 'B'] = { shape: t.shape.slice(), data: toFloat32(t) };
+    byModule.set(m[1]!, e);
+  }
+  // Which in-memory module does an HF module name stand for?
+  const toMemory = new Map<string, string>();
+  for (const name of Object.keys(paramShapes(c))) {
+    if (!name.endsWith('.weight') || name.split('.').length < 2) continue;
+    const mod = name.slice(0, -'.weight'.length);
+    toMemory.set(mod, mod); // legacy adapters use our names
+    try {
+      const hf = hfModuleName(c, mod);
+      if (!(c.arch === 'gpt2' && /attn\.[qkv]_proj$/.test(mod))) toMemory.set(hf, mod);
+    } catch {
+      /* no HF name (not adaptable) */
+    }
+  }
+  const d = c.n_embd, hd = d / c.n_head;
+  for (const [hf, { A, B }] of byModule) {
+    if (!A || !B) throw new Error(`${path}: '${hf}' has lora_${A ? 'A' : 'B'} but no lora_${A ? 'B' : 'A'}`);
+    if (A.shape.length !== 2 || B.shape.length !== 2 || A.shape[0] !== B.shape[1]) throw new Error(`${path}: '${hf}': lora_A [${A.shape}] and lora_B [${B.shape}] do not chain`);
+    const rank = A.shape[0]!;
+    const modScale = (patternValue(peft.alpha_pattern, hf) ?? peft.lora_alpha) / (patternValue(peft.rank_pattern, hf) ?? peft.r);
+    const fix = (b: HostTensor): HostTensor => (modScale === scale ? b : { shape: b.shape, data: b.data.map((v) => (v * modScale) / scale) });
+    const fusedLayer = c.arch === 'gpt2' ? /^(?:transformer\.)?h\.(\d+)\.attn\.c_attn$/.exec(hf) : null;
+    if (fusedLayer) {
+      const i = fusedLayer[1]!;
+      if (B.shape[0] !== 3 * d) throw new Error(`${path}: '${hf}.lora_B' has ${B.shape[0]} rows, c_attn has ${3 * d}`);
+      const blockDiagonal = rank % 3 === 0 && [0, 1, 2].every((j) => [0, 1, 2].every((k) => j === k || sliceCols(sliceRows(B, j * d, d), (k * rank) / 3, rank / 3).data.every((v) => v === 0)));
+      FUSED.forEach((p, j) => {
+        const rb = blockDiagonal ? rank / 3 : rank, c0 = blockDiagonal ? j * rb : 0;
+        const a = blockDiagonal ? sliceRows(A, c0, rb) : A;
+        const b = sliceCols(sliceRows(B, j * d, d), c0, rb); // [d, rb]
+        if (blockDiagonal && a.data.every((v) => v === 0) && b.data.every((v) => v === 0)) return; // not targeted
+        const bMem = transpose2d(fix(b)); // [rb, d]
+        out[`h.${i}.attn.${p}.lora_A`] = transpose2d(a);
+        out[`h.${i}.attn.${p}.lora_B`] = p === 'q_proj' ? bMem : foldKvHeads(bMem, c.n_kv_head, c.n_head, hd, `${path}: '${hf}.lora_B'`);
+      });
+      continue;
+    }
+    // (OpenAI-style GPT-2 module names have no `transformer.` prefix.)
+    const mem = toMemory.get(hf) ?? (c.arch === 'gpt2' ? toMemory.get(`transformer.${hf}`) : undefined);
+    if (!mem) throw new Error(`${path}: adapter targets '${hf}', which this ${c.arch} model does not have`);
+    out[`${mem}.lora_A`] = transpose2d(A);
+    out[`${mem}.lora_B`] = transpose2d(fix(B));
+  }
+  return out;
+}

@@ -11,7 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { join } from 'node:path';
-import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, resumableDir, saveCheckpoint, toVariables } from '../checkpoint/model.js';
+import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, readModelConfig, resumableDir, saveCheckpoint, toVariables } from '../checkpoint/model.js';
 import type { SftConfig, SftDataConfig, LoraStageConfig } from '../config/stages.js';
 import {
   type SftBatch,
@@ -183,7 +183,7 @@ export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promi
     modules = targetModules(config, acfg);
     data = loadSftData(cfg.data, tokenizer, config.n_ctx, base.dir);
     if (resumeDir) {
-      const saved = loadAdapter(resumeDir);
+      const saved = loadAdapter(resumeDir, config);
       initial = saved.lora;
       const want = new Set(modules.flatMap((m) => [`${m}.lora_A`, `${m}.lora_B`]));
       const got = Object.keys(initial);
@@ -221,7 +221,7 @@ export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promi
           config,
           params: {},
           skipModel: true,
-          extra: (tmp) => saveAdapter(tmp, adapter, acfg, cfg.base),
+          extra: (tmp) => saveAdapter(tmp, adapter, acfg, cfg.base, config),
           tokenizer,
           stage: 'lora',
           stageConfig: cfg,
@@ -245,7 +245,7 @@ export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promi
 
 /** Fold an adapter into its base: writes a plain full checkpoint (stage lora-merge, parent = base). */
 export async function mergeLora(o: { base?: string; adapter: string; out: string }): Promise<{ base: string; config: ModelConfig; modules: number }> {
-  const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter);
+  const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter, o.base ? readModelConfig(o.base) : undefined);
   const baseDir = o.base ?? baseModel;
   if (!baseDir) {
     disposeParams(adapterParams);
