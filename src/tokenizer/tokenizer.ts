@@ -22,6 +22,9 @@ import {
   IM_START,
   type ChatMessage,
   type RenderedChat,
+  assistantSpans,
+  contentSpans,
+  renderTemplate,
 } from './chat.js';
 import { parseLlama2cTokenizer } from './llama2c.js';
 import { trainByteBpe } from './train.js';
@@ -762,46 +765,87 @@ export class Tokenizer {
 
   // ---------------------------------------------------------------- chat
 
+  /** The special tokens a chat template sees by name, as transformers passes them (only those set). */
+  templateSpecialTokens(): Record<string, string> {
+    const s = this.spec;
+    const out: Record<string, string> = {};
+    const put = (k: string, id: number | undefined) => {
+      if (id !== undefined) out[k] = s.vocab[id]!;
+    };
+    put('bos_token', s.bosId);
+    put('eos_token', s.eosId);
+    put('pad_token', s.padId);
+    put('unk_token', this.unkId);
+    return out;
+  }
+
   /**
-   * ChatML rendering (the default chatTemplate), built segment by segment so the mask is
-   * exact: trainMask is 1 for assistant content tokens and their <|im_end|>, 0 elsewhere
-   * (role headers, the newline after <|im_end|>, system/user turns, generation prompt).
-   * Message text is encoded with allowSpecial=false, so users cannot inject control tokens.
+   * Renders messages with the tokenizer's chat template (Jinja, as apply_chat_template) and tokenizes the
+   * whole text, as apply_chat_template(tokenize=True) does. trainMask is 1 on the tokens of each assistant
+   * turn — its content and the end-of-turn token (ChatML: <|im_end|>) — and 0 elsewhere (role headers,
+   * the newline after <|im_end|>, system/user turns, the generation prompt). Special-token text inside a
+   * message stays plain text, so users cannot inject control tokens.
    */
   renderChat(messages: readonly ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): RenderedChat {
-    if (this.kind !== 'byte_level') throw new Error('renderChat needs a byte-level tokenizer with ChatML tokens');
-    const start = this.addedIds.get(IM_START);
-    const end = this.addedIds.get(IM_END);
-    if (start === undefined || end === undefined) {
-      throw new Error(`tokenizer has no ${IM_START}/${IM_END} tokens; retrain with the default special tokens`);
+    if (!this.chatTemplate) {
+      throw new Error(`renderChat: the tokenizer has no chat template (no ${IM_START}/${IM_END} tokens); add them with setupChatFormat (sft and lora do)`);
     }
-    let text = '';
-    const ids: number[] = [];
-    const trainMask: number[] = [];
-    const push = (seg: number[], m: number): void => {
-      for (const id of seg) {
-        ids.push(id);
-        trainMask.push(m);
-      }
-    };
-    const header = (role: string): void => {
-      text += `${IM_START}${role}\n`;
-      push([start], 0);
-      push(this.encode(`${role}\n`, { allowSpecial: false }), 0);
-    };
     for (const msg of messages) {
-      if (msg.role !== 'system' && msg.role !== 'user' && msg.role !== 'assistant') {
-        throw new Error(`unknown chat role ${String(msg.role)}`);
-      }
-      const train = msg.role === 'assistant' ? 1 : 0;
-      header(msg.role);
-      text += `${msg.content}${IM_END}\n`;
-      push(this.encode(msg.content, { allowSpecial: false }), train);
-      push([end], train);
-      push(this.encode('\n', { allowSpecial: false }), 0);
+      if (msg.role !== 'system' && msg.role !== 'user' && msg.role !== 'assistant') throw new Error(`unknown chat role ${String(msg.role)}`);
     }
-    if (opts.addGenerationPrompt) header('assistant');
+    const specials = this.templateSpecialTokens();
+    const render = (msgs: readonly ChatMessage[], gen: boolean) => renderTemplate(this.chatTemplate, msgs, gen, specials);
+    const text = render(messages, Boolean(opts.addGenerationPrompt));
+    const { ids, starts } = this.encodeWithOffsets(text, contentSpans(messages, text));
+    const specialTexts = this.spec.added.filter((t) => t.special).map((t) => t.content);
+    const train = assistantSpans(render, messages, text, specialTexts);
+    const trainMask = starts.map((at) => (train.some(([a, b]) => at >= a && at < b) ? 1 : 0));
     return { text, ids, trainMask };
+  }
+
+  /**
+   * encode(text) with the character offset where each token starts; special-token text inside a
+   * `literal` range is encoded as ordinary text.
+   */
+  private encodeWithOffsets(text: string, literal: ReadonlyArray<[number, number]>): { ids: number[]; starts: number[] } {
+    const ids: number[] = [], starts: number[] = [];
+    const pieces: Array<[number, number, number | undefined]> = [];
+    let last = 0;
+    if (this.addedRegex) {
+      for (const m of text.matchAll(this.addedRegex)) {
+        const a = m.index, b = a + m[0].length;
+        if (literal.some(([s, e]) => a < e && b > s)) continue;
+        if (a > last) pieces.push([last, a, undefined]);
+        pieces.push([a, b, this.addedIds.get(m[0])]);
+        last = b;
+      }
+    }
+    if (last < text.length) pieces.push([last, text.length, undefined]);
+    for (const [a, b, id] of pieces) {
+      if (id !== undefined) {
+        ids.push(id);
+        starts.push(a);
+        continue;
+      }
+      const seg = text.slice(a, b);
+      const segIds: number[] = [];
+      this.encodeOrdinary(seg, segIds, a === 0);
+      // Byte offset → character offset within the segment.
+      const charAt: number[] = [];
+      let ci = 0;
+      for (const ch of seg) {
+        for (let k = utf8Encoder.encode(ch).length; k > 0; k--) charAt.push(ci);
+        ci += ch.length;
+      }
+      const total = segIds.reduce((nb, t) => nb + this.spec.tokenBytes[t]!.length, 0);
+      let byte = charAt.length - total; // -1 when a prefix space was added
+      for (const t of segIds) {
+        ids.push(t);
+        starts.push(a + (byte <= 0 ? 0 : byte >= charAt.length ? seg.length : charAt[byte]!));
+        byte += this.spec.tokenBytes[t]!.length;
+      }
+    }
+    return { ids, starts };
   }
 }
 
