@@ -1,4 +1,5 @@
 import type { CommandModule } from 'yargs';
+import { importHf } from '../checkpoint/hf-import.js';
 import { disposeParams, saveCheckpoint } from '../checkpoint/model.js';
 import { ImportConfigSchema } from '../config/convert.js';
 import { countParams } from '../model/gpt.js';
@@ -11,12 +12,13 @@ export const importCommand: CommandModule<GlobalArgs, Args> = {
   command: 'import',
   builder: (y) =>
     y
-      .option('format', { type: 'string', choices: ['llama2c'], describe: 'source format (default llama2c)' })
-      .option('model', { type: 'string', describe: 'llama2.c model .bin' })
-      .option('tokenizer', { type: 'string', describe: 'llama2.c tokenizer .bin (e.g. tok512.bin)' })
+      .option('format', { type: 'string', choices: ['llama2c', 'hf'], describe: 'source format: llama2c (default) or hf (a Hugging Face Llama-family / GPT-2 directory)' })
+      .option('model', { type: 'string', describe: 'llama2.c model .bin, or a Hugging Face model directory (--format hf)' })
+      .option('tokenizer', { type: 'string', describe: 'llama2.c tokenizer .bin (e.g. tok512.bin); --format llama2c only' })
       .option('out', { type: 'string', describe: 'checkpoint directory to write' })
       .option('overwrite', { type: 'boolean', default: false, describe: 'replace a checkpoint already in --out' })
-      .example('$0 import --model stories260K.bin --tokenizer tok512.bin --out runs/stories260K', 'convert a llama2.c model (flags or --config: format, model, tokenizer, out)'),
+      .example('$0 import --model stories260K.bin --tokenizer tok512.bin --out runs/stories260K', 'convert a llama2.c model (flags or --config: format, model, tokenizer, out)')
+      .example('$0 import --format hf --model ~/models/SmolLM-135M --out runs/smollm', 'import a Hugging Face checkpoint directory'),
   handler: handler<Args>('import', async (args) => {
     const cfg = loadStageConfig(ImportConfigSchema, args, { format: args.format, model: args.model, tokenizer: args.tokenizer, out: args.out }, {
       flags: { format: 'format', model: 'model', tokenizer: 'tokenizer', out: 'out' },
@@ -24,7 +26,11 @@ export const importCommand: CommandModule<GlobalArgs, Args> = {
     await startBackend(args);
     let m;
     try {
-      m = importLlama2c(cfg.model, cfg.tokenizer);
+      if (cfg.format === 'hf') m = importHf(cfg.model);
+      else {
+        if (!cfg.tokenizer) throw new Error('--tokenizer: required with --format llama2c');
+        m = importLlama2c(cfg.model, cfg.tokenizer);
+      }
     } catch (err) {
       throw new InputError((err as Error).message);
     }

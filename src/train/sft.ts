@@ -215,7 +215,7 @@ async function loraRun(cfg: LoraStageConfig, o: FinetuneOptions, resumeDir: stri
     modules = targetModules(config, acfg);
     data = loadSftData(cfg.data, tokenizer, config.n_ctx, base.dir);
     if (resumeDir) {
-      const saved = loadAdapter(resumeDir);
+      const saved = loadAdapter(resumeDir, config);
       initial = saved.lora;
       const want = new Set(modules.flatMap((m) => [`${m}.lora_A`, `${m}.lora_B`]));
       const got = Object.keys(initial);
@@ -253,7 +253,7 @@ async function loraRun(cfg: LoraStageConfig, o: FinetuneOptions, resumeDir: stri
           config,
           params: {},
           skipModel: true,
-          extra: (tmp) => saveAdapter(tmp, adapter, acfg, cfg.base),
+          extra: (tmp) => saveAdapter(tmp, adapter, acfg, cfg.base, config),
           tokenizer,
           stage: 'lora',
           stageConfig: cfg,
@@ -278,7 +278,7 @@ async function loraRun(cfg: LoraStageConfig, o: FinetuneOptions, resumeDir: stri
 
 /** Fold an adapter into its base: writes a plain full checkpoint (stage lora-merge, parent = base). */
 export async function mergeLora(o: { base?: string; adapter: string; out: string; overwrite?: boolean }): Promise<{ base: string; config: ModelConfig; modules: number }> {
-  const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter);
+  const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter, o.base ? readModelConfig(o.base) : undefined);
   const baseDir = o.base ?? baseModel;
   if (!baseDir) {
     disposeParams(adapterParams);
