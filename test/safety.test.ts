@@ -334,14 +334,15 @@ describe('integrity on load', () => {
     await saved(dir);
     const path = join(dir, MODEL_FILE);
     const { tensors } = readSafetensors(path);
-    (tensors['h.0.mlp.up_proj.weight']!.data as Float32Array)[5] = Number.POSITIVE_INFINITY;
+    (tensors['model.layers.0.mlp.up_proj.weight']!.data as Float32Array)[5] = Number.POSITIVE_INFINITY; // HF names on disk
     writeSafetensors(path, tensors, { format: 'pt' });
     // Re-hash, as a writer without the finite check (or an old llmctl) would have.
     const m = readManifest(dir);
     const { hashDir } = await import('../src/checkpoint/dir.js');
     writeManifest(dir, { ...m, files: await hashDir(dir, Object.keys(m.files)) });
     checkManifestFiles(dir, readManifest(dir), true);
-    assert.throws(() => loadCheckpoint(dir), new RegExp(`^NonFiniteWeightsError: ${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: tensor 'h\\.0\\.mlp\\.up_proj\\.weight' holds a non-finite value \\(Infinity at index 5\\); refusing to use it$`));
+    // [out, in] on disk, [in, out] in memory: file index 5 (row 0, column 5) is 5 × n_inner(32) = 160.
+    assert.throws(() => loadCheckpoint(dir), new RegExp(`^NonFiniteWeightsError: ${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: tensor 'h\\.0\\.mlp\\.up_proj\\.weight' holds a non-finite value \\(Infinity at index 160\\); refusing to use it$`));
   });
 
   test('the writer refuses non-finite weights and leaves the previous checkpoint as it was', async () => {
@@ -350,7 +351,7 @@ describe('integrity on load', () => {
     const before = snapshotDir(dir);
     const p = initParams(MODEL, 5);
     const bad = { ...p, 'ln_f.weight': tf.fill([16], NaN) };
-    await assert.rejects(saveCheckpoint(dir, { config: MODEL, params: bad, tokenizer: TOKENIZER, stage: 'x', stageConfig: {}, overwrite: true }), /not saving weights: tensor 'ln_f\.weight' holds a non-finite value \(NaN at index 0\)/);
+    await assert.rejects(saveCheckpoint(dir, { config: MODEL, params: bad, tokenizer: TOKENIZER, stage: 'x', stageConfig: {}, overwrite: true }), /not saving weights: tensor 'model\.norm\.weight' holds a non-finite value \(NaN at index 0\)/);
     assert.deepEqual(snapshotDir(dir), before);
     disposeParams(bad);
     disposeParams(p);
