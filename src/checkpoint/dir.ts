@@ -50,9 +50,10 @@ export async function writeDirAtomic(
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOSPC' && code !== 'EDQUOT') throw err;
     const need = o.expectedBytes ?? dirBytes(target);
+    const previous = existsSync(target) ? ' (the previous one is intact)' : '';
     throw Object.assign(
       new Error(
-        `${finalDir}: no space left on device while saving a checkpoint (the previous one is intact); a save needs about ` +
+        `${finalDir}: no space left on device while saving a checkpoint${previous}; a save needs about ` +
           `${formatBytes(need)} free: the new copy is written beside the old one, so about twice the checkpoint's size in all`,
       ),
       { code, cause: err },
