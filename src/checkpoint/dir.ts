@@ -132,7 +132,7 @@ export function recoverDir(dir: string): string[] {
   const dead = entries
     .map((e) => ({ entry: e, m: LEFTOVER.exec(e) }))
     .filter(({ m }) => m && m[1] === name && !isProcessAlive(Number(m[3])))
-    .map(({ entry, m }) => ({ path: join(parent, entry), kind: m![2] as 'tmp' | 'old', pid: m![3]!, mtime: statSync(join(parent, entry)).mtimeMs }));
+    .map(({ entry, m }) => ({ path: join(parent, entry), kind: m![2] as 'tmp' | 'old', pid: m![3]!, mtime: statSync(join(parent, entry), { throwIfNoEntry: false })?.mtimeMs ?? 0 }));
   if (dead.length === 0) return [];
   const holder = liveLockHolder(target);
   if (holder && holder.host !== hostname()) return []; // another host's leftovers may be live
@@ -142,8 +142,13 @@ export function recoverDir(dir: string): string[] {
     if (old) {
       const finished = dead.find((d) => d.kind === 'tmp' && d.pid === old.pid && existsSync(join(d.path, 'manifest.json')));
       const restore = finished ?? old;
-      renameSync(restore.path, target);
-      touched.push(restore.path);
+      try {
+        renameSync(restore.path, target);
+        touched.push(restore.path);
+      } catch (err) {
+        // Another loader recovered it first (ENOENT / ENOTEMPTY): what matters is that the target exists.
+        if (!existsSync(target)) throw err;
+      }
       dead.splice(dead.indexOf(restore), 1);
     }
   }
