@@ -13,6 +13,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend } from '../src/backend/index.js';
 import { recoverDir } from '../src/checkpoint/dir.js';
+import { trainingSummary } from '../src/commands/common.js';
 import { lockPath } from '../src/checkpoint/lock.js';
 import { checkManifestFiles, readManifest, readTrainerState, writeManifest } from '../src/checkpoint/manifest.js';
 import { MODEL_FILE, disposeParams, loadCheckpoint, saveCheckpoint } from '../src/checkpoint/model.js';
@@ -392,6 +393,16 @@ describe('the trainer', () => {
     assert.equal(r.step, 3);
     assert.equal(readTrainerState(dir).step, 3);
     assert.equal(process.listenerCount('SIGTERM'), 0, 'handler removed after the run');
+    // The CLI exits 143 after saving (130 for Ctrl-C), so schedulers see the signal.
+    const saved = process.exitCode;
+    try {
+      trainingSummary(r);
+      assert.equal(process.exitCode, 143);
+      trainingSummary({ ...r, signal: 'SIGINT' });
+      assert.equal(process.exitCode, 130);
+    } finally {
+      process.exitCode = saved;
+    }
     disposeParams(p);
   });
 

@@ -50,9 +50,10 @@ export async function writeDirAtomic(
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOSPC' && code !== 'EDQUOT') throw err;
     const need = o.expectedBytes ?? dirBytes(target);
+    const previous = existsSync(target) ? ' (the previous one is intact)' : '';
     throw Object.assign(
       new Error(
-        `${finalDir}: no space left on device while saving a checkpoint (the previous one is intact); a save needs about ` +
+        `${finalDir}: no space left on device while saving a checkpoint${previous}; a save needs about ` +
           `${formatBytes(need)} free: the new copy is written beside the old one, so about twice the checkpoint's size in all`,
       ),
       { code, cause: err },
@@ -131,7 +132,7 @@ export function recoverDir(dir: string): string[] {
   const dead = entries
     .map((e) => ({ entry: e, m: LEFTOVER.exec(e) }))
     .filter(({ m }) => m && m[1] === name && !isProcessAlive(Number(m[3])))
-    .map(({ entry, m }) => ({ path: join(parent, entry), kind: m![2] as 'tmp' | 'old', pid: m![3]!, mtime: statSync(join(parent, entry)).mtimeMs }));
+    .map(({ entry, m }) => ({ path: join(parent, entry), kind: m![2] as 'tmp' | 'old', pid: m![3]!, mtime: statSync(join(parent, entry), { throwIfNoEntry: false })?.mtimeMs ?? 0 }));
   if (dead.length === 0) return [];
   const holder = liveLockHolder(target);
   if (holder && holder.host !== hostname()) return []; // another host's leftovers may be live
@@ -141,8 +142,13 @@ export function recoverDir(dir: string): string[] {
     if (old) {
       const finished = dead.find((d) => d.kind === 'tmp' && d.pid === old.pid && existsSync(join(d.path, 'manifest.json')));
       const restore = finished ?? old;
-      renameSync(restore.path, target);
-      touched.push(restore.path);
+      try {
+        renameSync(restore.path, target);
+        touched.push(restore.path);
+      } catch (err) {
+        // Another loader recovered it first (ENOENT / ENOTEMPTY): what matters is that the target exists.
+        if (!existsSync(target)) throw err;
+      }
       dead.splice(dead.indexOf(restore), 1);
     }
   }

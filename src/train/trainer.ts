@@ -1,7 +1,9 @@
 /**
  * The one training loop every stage shares (pretrain, sft, lora, rm, dpo): AdamW, warmup + decay schedule,
- * gradient clipping and accumulation, periodic eval, periodic atomic checkpoints, resume on the same
- * curve, SIGINT → save and exit, non-finite loss → stop with the last good checkpoint kept.
+ * gradient clipping and accumulation, periodic eval, periodic atomic checkpoints (with metrics.jsonl
+ * inside them), resume on the same curve, SIGINT/SIGTERM → save and exit, non-finite loss or weights →
+ * stop with the last good checkpoint kept, and the output-dir policy (lock, no silent overwrite) of
+ * checkpoint/output.ts for any stage that did not apply it itself.
  * A stage supplies a loss over its own batch type and a way to save; the loop owns everything else.
  */
 import * as tf from '@tensorflow/tfjs-core';
