@@ -51,9 +51,10 @@ if (!args.decode) {
   const t0 = performance.now();
   const prof = await tf.profile(step);
   table(prof.kernels, `train step ${args.config}`, performance.now() - t0);
-  const t1 = performance.now();
+  const t1 = performance.now(), c1 = process.cpuUsage();
   for (let i = 0; i < 5; i++) step();
-  console.log(`unprofiled step: ${((performance.now() - t1) / 5).toFixed(1)} ms`);
+  const cpu = process.cpuUsage(c1);
+  console.log(`unprofiled step: ${((performance.now() - t1) / 5).toFixed(1)} ms wall, ${((cpu.user + cpu.system) / 1000 / 5).toFixed(1)} ms cpu`);
 } else {
   const model = importLlama2c(STORIES_BIN, TOK512_PATH);
   const cache = emptyCache(model.config);
@@ -69,8 +70,9 @@ if (!args.decode) {
   const t0 = performance.now();
   const prof = await tf.profile(() => feed([42]));
   table(prof.kernels, 'decode token at position 104', performance.now() - t0);
-  const t1 = performance.now();
+  const t1 = performance.now(), c1 = process.cpuUsage();
   for (let i = 0; i < 100; i++) feed([42]);
-  console.log(`unprofiled token: ${((performance.now() - t1) / 100).toFixed(3)} ms`);
+  const cpu = process.cpuUsage(c1);
+  console.log(`unprofiled token: ${((performance.now() - t1) / 100).toFixed(3)} ms wall, ${((cpu.user + cpu.system) / 1000 / 100).toFixed(3)} ms cpu`);
   disposeCache(cache);
 }

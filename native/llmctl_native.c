@@ -670,6 +670,88 @@ static void attn_bwd_task(void *p, int tid, int nt) {
   }
 }
 
+/* ------------------------------------------------------------------ one whole block, inference only
+ * Decoding runs ~20 small kernels per layer; on one token each is a few microseconds of work and as much
+ * again of tfjs bookkeeping. With a KV cache (no gradient can flow) the model runs each block as this one
+ * call: the same arithmetic as the per-op path (norm, projections, RoPE, cache write, attention, output
+ * projection, residual, norm, MLP, residual), from the same kernels above. */
+typedef struct {
+  const float *ln1w, *ln1b, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo, *ln2w, *ln2b, *wg, *bg, *wu, *bu, *wd, *bd;
+  float *kc, *vc;
+} block_weights;
+
+static __thread float *tl_block;
+static __thread long tl_block_n;
+
+static void gemm_call(long M, long N, long K, const float *A, const float *B, float *C, float beta, const float *bias) {
+  gemm_job j;
+  j.ta = j.tb = 0;
+  j.batch = 1;
+  j.M = M;
+  j.N = N;
+  j.K = K;
+  j.lda = K;
+  j.ldb = N;
+  j.ldc = N;
+  j.sa = j.sb = j.sc = 0;
+  j.A = A;
+  j.B = B;
+  j.C = C;
+  j.bias = bias;
+  j.beta = beta;
+  gemm_mt(&j);
+}
+
+static void block_fwd(const float *x, float *out, const block_weights *w, long B, long T, long d, long H, long KVH, long hd, long inner, long cap,
+                      long pos0, float eps, double theta, int llama) {
+  long N = B * T, kvd = KVH * hd, S = pos0 + T;
+  long need = N * (3 * d + 2 * kvd + 2 * inner + 2);
+  if (tl_block_n < need) {
+    free(tl_block);
+    if (posix_memalign((void **)&tl_block, 64, sizeof(float) * need) != 0) abort();
+    tl_block_n = need;
+  }
+  float *h = tl_block, *q = h + N * d, *att = q + N * d, *k = att + N * d, *v = k + N * kvd, *m1 = v + N * kvd, *m2 = m1 + N * inner;
+  float *mean = m2 + N * inner, *rstd = mean + N;
+  if (llama) rmsnorm_fwd(x, w->ln1w, h, rstd, N, d, eps);
+  else layernorm_fwd(x, w->ln1w, w->ln1b, h, mean, rstd, N, d, eps);
+  gemm_call(N, d, d, h, w->wq, q, 0.0f, w->bq);
+  gemm_call(N, kvd, d, h, w->wk, k, 0.0f, w->bk);
+  gemm_call(N, kvd, d, h, w->wv, v, 0.0f, w->bv);
+  if (llama) {
+    rope_table(S, hd, theta);
+    rope_apply(q, q, B, T, H, hd, pos0, 0);
+    rope_apply(k, k, B, T, KVH, hd, pos0, 0);
+  }
+  for (long b = 0; b < B; b++) {
+    memcpy(w->kc + (b * cap + pos0) * kvd, k + b * T * kvd, sizeof(float) * T * kvd);
+    memcpy(w->vc + (b * cap + pos0) * kvd, v + b * T * kvd, sizeof(float) * T * kvd);
+  }
+  attn_job aj;
+  atomic_init(&aj.next, 0);
+  aj.B = B; aj.H = H; aj.KVH = KVH; aj.T = T; aj.S = S; aj.hd = hd; aj.pos0 = pos0;
+  aj.scale = 1.0f / sqrtf((float)hd);
+  aj.q = q; aj.qb = T * d; aj.qh = hd; aj.qt = d;
+  aj.k = w->kc; aj.kb = cap * kvd; aj.kh = hd; aj.kt = kvd;
+  aj.v = w->vc; aj.vb = cap * kvd; aj.vh = hd; aj.vt = kvd;
+  aj.y = att; aj.yb = T * d; aj.yh = hd; aj.yt = d;
+  aj.P = NULL;
+  parallel(attn_fwd_task, &aj, 4.0 * B * H * T * S * hd < 2e5 ? 1 : (int)(B * H));
+  memcpy(out, x, sizeof(float) * N * d);
+  gemm_call(N, d, d, att, w->wo, out, 1.0f, w->bo); /* out = x + att·Wo + bo */
+  if (llama) {
+    rmsnorm_fwd(out, w->ln2w, h, rstd, N, d, eps);
+    gemm_call(N, inner, d, h, w->wg, m1, 0.0f, w->bg);
+    gemm_call(N, inner, d, h, w->wu, m2, 0.0f, w->bu);
+    swiglu_fwd(m1, m2, m1, N * inner);
+  } else {
+    layernorm_fwd(out, w->ln2w, w->ln2b, h, mean, rstd, N, d, eps);
+    gemm_call(N, inner, d, h, w->wu, m2, 0.0f, w->bu);
+    gelu_fwd(m2, m1, N * inner);
+  }
+  gemm_call(N, d, inner, m1, w->wd, out, 1.0f, w->bd); /* out += mlp · Wd + bd */
+}
+
 /* ------------------------------------------------------------------ Node-API glue */
 
 #define CHECK(call)                                                       \
@@ -893,6 +975,20 @@ static napi_value js_attention_grad(napi_env env, napi_callback_info info) {
   DONE
 }
 
+/* block(heap, x, out, 18 weight offsets (−1 = none), kcache, vcache, B, T, d, H, KVH, hd, inner, cap, pos0, eps, theta, llama) */
+static napi_value js_block(napi_env env, napi_callback_info info) {
+  ARGS(35)
+  block_weights w;
+  const float **slots[] = {&w.ln1w, &w.ln1b, &w.wq, &w.bq, &w.wk, &w.bk, &w.wv, &w.bv, &w.wo, &w.bo, &w.ln2w, &w.ln2b, &w.wg, &w.bg, &w.wu, &w.bu, &w.wd, &w.bd};
+  for (int i = 0; i < 18; i++) *slots[i] = fp(&a, 3 + i);
+  w.kc = fp(&a, 21);
+  w.vc = fp(&a, 22);
+  if (a.ok)
+    block_fwd(fp(&a, 1), fp(&a, 2), &w, lng(&a, 23), lng(&a, 24), lng(&a, 25), lng(&a, 26), lng(&a, 27), lng(&a, 28), lng(&a, 29), lng(&a, 30),
+              lng(&a, 31), (float)num(&a, 32), num(&a, 33), (int)lng(&a, 34));
+  DONE
+}
+
 static napi_value js_set_threads(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -947,7 +1043,7 @@ NAPI_MODULE_INIT() {
       {"rmsnormGrad", js_rmsnorm_grad}, {"gelu", js_gelu},     {"geluGrad", js_gelu_grad},           {"swiglu", js_swiglu},
       {"swigluGrad", js_swiglu_grad}, {"adamw", js_adamw},     {"sumSquares", js_sum_squares},       {"copy", js_copy},
       {"attention", js_attention}, {"attentionGrad", js_attention_grad}, {"setThreads", js_set_threads}, {"info", js_info},
-      {"forceIsa", js_force_isa}, {"colsum", js_colsum}, {"rope", js_rope},
+      {"forceIsa", js_force_isa}, {"colsum", js_colsum}, {"block", js_block}, {"rope", js_rope},
   };
   for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
     napi_value f;

@@ -154,25 +154,30 @@ describe('native kernels against the WASM path', { skip: available ? false : `na
     });
   }
 
-  test('KV-cache decoding (preallocated cache, in-place writes) matches the full forward, with no tensor leak per token', () => {
-    const p = params(LLAMA, 5);
-    const ids = Array.from({ length: 12 }, (_, i) => (i * 3 + 2) % LLAMA.vocab_size);
-    const full = tf.tidy(() => forward(p as Params, LLAMA, tf.tensor2d([ids], [1, ids.length], 'int32')).logits.dataSync() as Float32Array);
-    const cache = emptyCache(LLAMA);
-    const step = (feed: number[]) => tf.tidy(() => forward(p as Params, LLAMA, tf.tensor2d([feed], [1, feed.length], 'int32'), { cache }).logits.dataSync() as Float32Array);
-    const pre = step(ids.slice(0, 5)); // prefill 5, then one token at a time
-    assert.equal(cache.preallocated, true);
-    assert.ok(relErr(pre, full.subarray(0, 5 * LLAMA.vocab_size)) < 1e-5);
-    let tensors = 0;
-    for (let t = 5; t < ids.length; t++) {
-      const row = step([ids[t]!]);
-      assert.ok(relErr(row, full.subarray(t * LLAMA.vocab_size, (t + 1) * LLAMA.vocab_size)) < 1e-5, `position ${t}`);
-      if (t === 6) tensors = tf.memory().numTensors;
-      if (t > 6) assert.equal(tf.memory().numTensors, tensors, `tensor count after position ${t}`);
-    }
-    disposeCache(cache);
-    tf.dispose(Object.values(p));
-  });
+  for (const [label, c, lora] of [['llama, GQA (whole-block kernel)', LLAMA, false], ['gpt2 (whole-block kernel)', GPT2, false], ['llama + LoRA (per-op kernels)', LLAMA, true]] as const) {
+    test(`KV-cache decoding, ${label}: preallocated cache written in place matches the full forward on both paths; no tensor leak per token`, () => {
+      const p = params(c, 5, lora) as Params;
+      const ids = Array.from({ length: 12 }, (_, i) => (i * 3 + 2) % c.vocab_size);
+      const V = c.vocab_size;
+      const { fast: full, ref: fullRef } = both(() => tf.tidy(() => forward(p, c, tf.tensor2d([ids], [1, ids.length], 'int32'), { loraScale: 0.5 }).logits.dataSync() as Float32Array));
+      assert.ok(relErr(full, fullRef) < 1e-5, `full forward ${relErr(full, fullRef)}`);
+      const cache = emptyCache(c);
+      const step = (feed: number[]) => tf.tidy(() => forward(p, c, tf.tensor2d([feed], [1, feed.length], 'int32'), { cache, loraScale: 0.5 }).logits.dataSync() as Float32Array);
+      const pre = step(ids.slice(0, 5)); // prefill 5, then one token at a time
+      assert.equal(cache.preallocated, true);
+      assert.ok(relErr(pre, fullRef.subarray(0, 5 * V)) < 1e-5, `prefill ${relErr(pre, fullRef.subarray(0, 5 * V))}`);
+      let tensors = 0;
+      for (let t = 5; t < ids.length; t++) {
+        const row = step([ids[t]!]);
+        const want = fullRef.subarray(t * V, (t + 1) * V);
+        assert.ok(relErr(row, want) < 1e-5, `position ${t}: ${relErr(row, want)}`);
+        if (t === 6) tensors = tf.memory().numTensors;
+        if (t > 6) assert.equal(tf.memory().numTensors, tensors, `tensor count after position ${t}`);
+      }
+      disposeCache(cache);
+      tf.dispose(Object.values(p));
+    });
+  }
 
   test('AdamW: 3 native steps give the same weights and moments as the tfjs ops (1e-6 relative)', () => {
     const cfg = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };

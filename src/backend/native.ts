@@ -37,6 +37,7 @@ export interface NativeAddon {
   rope(heap: ArrayBuffer, x: number, y: number, B: number, T: number, heads: number, hd: number, pos0: number, theta: number, inverse: number): void;
   attention(heap: ArrayBuffer, ...args: number[]): void;
   attentionGrad(heap: ArrayBuffer, ...args: number[]): void;
+  block(heap: ArrayBuffer, ...args: number[]): void;
   setThreads(n: number): void;
   info(): { isa: string; threads: number };
   forceIsa(level: number): void;
@@ -96,6 +97,11 @@ export function setNativeKernels(on: boolean): boolean {
   const was = enabled;
   enabled = on && registered;
   return was;
+}
+
+/** Threads the native kernels use from now on (benchmarks compare 1 and 2). */
+export function setNativeThreads(n: number): void {
+  addon?.setThreads(Math.max(1, Math.floor(n)));
 }
 
 /** One line for logs: which kernels run. */
@@ -237,6 +243,17 @@ function registerAll(): void {
     addon!.attention(heap(be), ...attnArgs(be, q!, k!, v!, y, P, B, H, KVH, T, S, cap, hd, pos0 as number, scale as number));
     return [y, P];
   });
+  // One whole transformer block for inference with a KV cache (see block_fwd in the C source): x [N, d] → [N, d].
+  // Inputs named after the weights; absent biases / gate are simply not passed.
+  register('LlmctlBlock', (be, inputs, attrs) => {
+    const { x, kcache, vcache } = inputs;
+    const [B, cap, KVH, hd] = kcache!.shape as [number, number, number, number];
+    const { T, H, inner, pos0, eps, theta, llama } = attrs as Record<string, number>;
+    const out = be.makeOutput(x!.shape, F32);
+    const w = BLOCK_WEIGHTS.map((k) => (inputs[k] ? off(be, inputs[k]!) : -1));
+    addon!.block(heap(be), off(be, x!), off(be, out), ...w, off(be, kcache!), off(be, vcache!), B, T!, x!.shape[1]!, H!, KVH, hd, inner!, cap, pos0!, eps!, theta!, llama ? 1 : 0);
+    return out;
+  });
   register('LlmctlAttentionGrad', (be, { dy, q, k, v, P }, { scale }) => {
     const [B, T, H, hd] = q!.shape as [number, number, number, number];
     const [, S, KVH] = k!.shape as [number, number, number, number];
@@ -246,6 +263,9 @@ function registerAll(): void {
     return [dq, dk, dv];
   });
 }
+
+/** The block kernel's weight inputs, in the order native/llmctl_native.c reads them. */
+export const BLOCK_WEIGHTS = ['ln1w', 'ln1b', 'wq', 'bq', 'wk', 'bk', 'wv', 'bv', 'wo', 'bo', 'ln2w', 'ln2b', 'wg', 'bg', 'wu', 'bu', 'wd', 'bd'] as const;
 
 function attnArgs(be: WasmBackend, q: tf.TensorInfo, k: tf.TensorInfo, v: tf.TensorInfo, y: tf.TensorInfo, P: tf.TensorInfo, B: number, H: number, KVH: number, T: number, S: number, cap: number, hd: number, pos0: number, scale: number): number[] {
   return [off(be, q), off(be, k), off(be, v), off(be, y), off(be, P), B, H, KVH, T, S, hd, pos0, scale,

@@ -280,23 +280,51 @@ function attnFused(p: Params, name: string, x: tf.Tensor2D, B: number, T: number
     q = fused.rope(q, pos0, c.rope_theta);
     k = fused.rope(k, pos0, c.rope_theta);
   }
-  const cache = o.cache;
-  if (cache) {
-    if (!cache.preallocated && cache.k.some((t) => t)) throw new Error('this KV cache was filled by the WASM kernels; switch kernels between generations only');
-    cache.preallocated = true;
-    if (!cache.k[layer] || cache.k[layer]!.shape[0] !== B) {
-      cache.k[layer]?.dispose();
-      cache.v[layer]?.dispose();
-      cache.k[layer] = tf.keep(tf.zeros([B, c.n_ctx, c.n_kv_head, hd])) as tf.Tensor4D;
-      cache.v[layer] = tf.keep(tf.zeros([B, c.n_ctx, c.n_kv_head, hd])) as tf.Tensor4D;
-    }
-    writeRows(cache.k[layer]!, k, pos0);
-    writeRows(cache.v[layer]!, v, pos0);
-    k = cache.k[layer]!;
-    v = cache.v[layer]!;
+  if (o.cache) {
+    const [kc, vc] = cacheLayer(o.cache, layer, B, c);
+    writeRows(kc, k, pos0);
+    writeRows(vc, v, pos0);
+    k = kc;
+    v = vc;
   }
   const y = fused.attention(q, k, v, pos0, 1 / Math.sqrt(hd));
   return linear(p, `${name}.o_proj`, tf.reshape(y, [B * T, c.n_embd]) as tf.Tensor2D, o);
+}
+
+/** A layer's preallocated cache tensors [B, n_ctx, n_kv_head, hd], made on first use. */
+function cacheLayer(cache: KVCache, layer: number, B: number, c: ModelConfig): [tf.Tensor4D, tf.Tensor4D] {
+  if (!cache.preallocated && cache.k.some((t) => t)) throw new Error('this KV cache was filled by the WASM kernels; switch kernels between generations only');
+  cache.preallocated = true;
+  if (!cache.k[layer] || cache.k[layer]!.shape[0] !== B) {
+    cache.k[layer]?.dispose();
+    cache.v[layer]?.dispose();
+    const shape: [number, number, number, number] = [B, c.n_ctx, c.n_kv_head, c.n_embd / c.n_head];
+    cache.k[layer] = tf.keep(tf.zeros(shape)) as tf.Tensor4D;
+    cache.v[layer] = tf.keep(tf.zeros(shape)) as tf.Tensor4D;
+  }
+  return [cache.k[layer]!, cache.v[layer]!];
+}
+
+/**
+ * Decoding with the native kernels: with a KV cache nothing is differentiated, so a block without LoRA
+ * adapters runs as one native call doing exactly the per-op path's arithmetic (tested against it).
+ */
+function fusedBlock(p: Params, i: number, x: tf.Tensor2D, B: number, T: number, c: ModelConfig, o: ForwardOptions): tf.Tensor2D | undefined {
+  const h = `h.${i}`;
+  if (!o.cache || !nativeOps() || o.training) return undefined;
+  const names = { ln1w: `${h}.ln_1.weight`, ln1b: `${h}.ln_1.bias`, wq: `${h}.attn.q_proj.weight`, bq: `${h}.attn.q_proj.bias`, wk: `${h}.attn.k_proj.weight`,
+    bk: `${h}.attn.k_proj.bias`, wv: `${h}.attn.v_proj.weight`, bv: `${h}.attn.v_proj.bias`, wo: `${h}.attn.o_proj.weight`, bo: `${h}.attn.o_proj.bias`,
+    ln2w: `${h}.ln_2.weight`, ln2b: `${h}.ln_2.bias`, wg: `${h}.mlp.gate_proj.weight`, bg: `${h}.mlp.gate_proj.bias`, wu: `${h}.mlp.up_proj.weight`,
+    bu: `${h}.mlp.up_proj.bias`, wd: `${h}.mlp.down_proj.weight`, bd: `${h}.mlp.down_proj.bias` };
+  const inputs: Record<string, tf.Tensor> = {};
+  for (const [slot, name] of Object.entries(names)) {
+    if (p[name]) inputs[slot] = p[name]!;
+    const base = name.replace(/\.weight$/, '');
+    if (p[`${base}.lora_A`]) return undefined; // adapters take the per-op path
+  }
+  const [kcache, vcache] = cacheLayer(o.cache, i, B, c);
+  const attrs = { T, H: c.n_head, inner: c.n_inner, pos0: o.cache.length, eps: c.norm_eps, theta: c.rope_theta, llama: c.arch === 'llama' };
+  return tf.engine().runKernel('LlmctlBlock', { x, kcache, vcache, ...inputs }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
 function dropout(x: tf.Tensor2D, c: ModelConfig, o: ForwardOptions): tf.Tensor2D {
@@ -319,6 +347,11 @@ export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: Forwa
     }
     x = dropout(x, c, o);
     for (let i = 0; i < c.n_layer; i++) {
+      const fusedX = fusedBlock(p, i, x, B, T, c, o);
+      if (fusedX) {
+        x = fusedX;
+        continue;
+      }
       x = tf.add(x, dropout(attn(p, `h.${i}.attn`, norm(p, `h.${i}.ln_1`, x, c), B, T, i, c, o), c, o));
       x = tf.add(x, dropout(mlp(p, `h.${i}.mlp`, norm(p, `h.${i}.ln_2`, x, c), c, o), c, o));
     }
