@@ -10,13 +10,15 @@
  *
  * PyTorch comes from Debian (apt-get install python3-torch); without it only llmctl's figures print.
  * "1 core" runs llmctl's native kernels on 1 thread and torch.set_num_threads(1); "2 cores" uses 2 of each.
+ * --fallback also runs llmctl with the native kernels switched off (tfjs's WASM kernels: the path without the
+ * addon, i.e. before it), in the same rounds.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { initBackend } from '../src/backend/index.js';
-import { nativeKernels, setNativeThreads } from '../src/backend/native.js';
+import { nativeKernels, setNativeKernels, setNativeThreads } from '../src/backend/native.js';
 import { disposeParams } from '../src/checkpoint/model.js';
 import { type LanguageModel, generate } from '../src/model/generate.js';
 import { type ModelConfig, type Params, countParams, forward, resolveModelConfig } from '../src/model/gpt.js';
@@ -31,7 +33,7 @@ const { values: args } = parseArgs({
   options: {
     rounds: { type: 'string', default: '3' }, only: { type: 'string' }, steps: { type: 'string', default: '6' },
     tokens: { type: 'string', default: '200' }, json: { type: 'boolean', default: false }, python: { type: 'string' },
-    'openblas-coretype': { type: 'string', default: 'SkylakeX' },
+    'openblas-coretype': { type: 'string', default: 'SkylakeX' }, fallback: { type: 'boolean', default: false },
   },
 });
 const ROUNDS = Number(args.rounds), STEPS = Number(args.steps), TOKENS = Number(args.tokens);
@@ -122,7 +124,9 @@ const WORKLOADS: Workload[] = [
 
 // Debian's OpenBLAS 0.3.21 (under Debian's torch) only uses AVX-512 when told the core type; the machine's
 // environment may pin an older one. The reference gets its fastest setting (--openblas-coretype '' keeps the environment's).
-const torchEnv: NodeJS.ProcessEnv = { ...process.env };
+// OMP_WAIT_POLICY=PASSIVE: with two threads on a busy machine, OpenMP's spinning workers collapse torch's
+// throughput ~50x (measured: 158 vs 7,246 tok/s); passive waiting is its fair setting here.
+const torchEnv: NodeJS.ProcessEnv = { OMP_WAIT_POLICY: 'PASSIVE', ...process.env };
 if (args['openblas-coretype']) {
   torchEnv.OPENBLAS_CORETYPE = args['openblas-coretype'];
   delete torchEnv.OPENBLAS_L2_SIZE;
@@ -141,11 +145,16 @@ function torchRun(w: Workload): Figures | undefined {
 }
 
 const selected = WORKLOADS.filter((w) => !args.only || w.torch.startsWith(args.only) || w.name.startsWith(args.only));
-const results = new Map<string, { ours: Figures[]; torch: Figures[] }>(selected.map((w) => [w.name, { ours: [], torch: [] }]));
+const results = new Map<string, { ours: Figures[]; torch: Figures[]; wasm: Figures[] }>(selected.map((w) => [w.name, { ours: [], torch: [], wasm: [] }]));
 for (let round = 0; round < ROUNDS; round++) {
   for (const w of selected) {
     const r = results.get(w.name)!;
     r.ours.push(w.ours());
+    if (args.fallback && nativeKernels()) {
+      setNativeKernels(false);
+      r.wasm.push(w.ours());
+      setNativeKernels(true);
+    }
     const t = torchRun(w);
     if (t) r.torch.push(t);
     if (!args.json) process.stderr.write(`round ${round + 1}/${ROUNDS}: ${w.name} done\n`);
@@ -159,7 +168,7 @@ const range = (xs: number[], digits = 0) => {
   return xs.length ? (lo === hi ? f(lo) : `${f(lo)}–${f(hi)}`) : '-';
 };
 const rows = selected.map((w) => {
-  const { ours, torch } = results.get(w.name)!;
+  const { ours, torch, wasm } = results.get(w.name)!;
   const wall = (f: Figures[]) => f.map((x) => x.tokens_per_s), cpu = (f: Figures[]) => f.map((x) => x.cpu_tokens_per_s);
   const ratio = (a: number[], b: number[]) => (b.length ? Number((median(a) / median(b)).toFixed(2)) : null);
   const ttft = ours[0]?.ttft_ms !== undefined;
@@ -171,13 +180,14 @@ const rows = selected.map((w) => {
     'llmctl tok/cpu-s': range(cpu(ours)),
     'torch tok/cpu-s': range(cpu(torch)),
     'cpu ratio': ratio(cpu(ours), cpu(torch)),
+    ...(wasm.length ? { 'wasm-only tok/s': range(wall(wasm)), 'wasm-only ratio': ratio(wall(wasm), wall(torch)) } : {}),
     ...(ttft ? { 'ttft ms (llmctl / torch)': `${range(ours.map((x) => x.ttft_ms!), 2)} / ${torch.length ? range(torch.map((x) => x.ttft_ms!), 2) : '-'}` } : {}),
   };
 });
 if (args.json) {
   console.log(JSON.stringify({ backend: info.detail, native: nativeKernels(), torch: torchVersion ?? null, rounds: ROUNDS, results: Object.fromEntries(results), rows }));
 } else {
-  const blas = args['openblas-coretype'] ? `, OPENBLAS_CORETYPE=${args['openblas-coretype']}` : '';
+  const blas = `${args['openblas-coretype'] ? `, OPENBLAS_CORETYPE=${args['openblas-coretype']}` : ''}, OMP_WAIT_POLICY=${torchEnv.OMP_WAIT_POLICY}`;
   console.log(`llmctl: ${info.detail}; PyTorch: ${torchVersion ? torchVersion + blas : 'not installed (apt-get install python3-torch)'}; ${ROUNDS} interleaved rounds; node ${process.version}`);
   console.table(rows);
 }

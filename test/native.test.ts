@@ -17,7 +17,7 @@ import { generate } from '../src/model/generate.js';
 import { type ModelConfig, type Params, emptyCache, disposeCache, forward, paramShapes, resolveModelConfig } from '../src/model/gpt.js';
 import { importLlama2c } from '../src/model/llama2c.js';
 import { crossEntropy } from '../src/train/losses.js';
-import { AdamW } from '../src/train/adamw.js';
+import { AdamW, clipGradNorm } from '../src/train/adamw.js';
 import { Rng } from '../src/util/rng.js';
 import { STORIES_BIN, TOK512_PATH } from './paths.js';
 
@@ -56,6 +56,8 @@ test('the backend reports which kernels run', () => {
   assert.match(info.detail, disabled ? /wasm kernels \(disabled by LLMCTL_NATIVE=0\)/ : available ? /native kernels \((avx512|avx2|c), \d threads?\)/ : /wasm kernels/);
   assert.equal(nativeStatus().startsWith('native'), available);
   if (disabled) assert.equal(available, false);
+  // CI builds the addon in npm ci and sets this, so a broken build cannot pass as "skipped".
+  if (process.env.LLMCTL_REQUIRE_NATIVE === '1') assert.ok(available, `native kernels required: ${nativeStatus()}`);
 });
 
 describe('native kernels against the WASM path', { skip: available ? false : `native kernels not active: ${nativeStatus()}` }, () => {
@@ -197,6 +199,31 @@ describe('native kernels against the WASM path', { skip: available ? false : `na
     const ref = run();
     setNativeKernels(true);
     fast.forEach((f, i) => assert.ok(relErr(f, ref[i]!) < 1e-6, `tensor ${i}: ${relErr(f, ref[i]!)}`));
+  });
+
+  test('training steps (forward, backward, clip, AdamW) leave the tensor count flat; clipping sees the same norm on both paths', () => {
+    const p = params(GPT2, 21);
+    const names = new Map(Object.entries(p).map(([k, v]) => [v.name, k]));
+    const opt = new AdamW(p, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 });
+    const tokens = tf.tensor2d(Int32Array.from({ length: 2 * 16 }, (_, i) => (i * 5) % GPT2.vocab_size), [2, 16], 'int32');
+    const targets = tf.tensor1d(Int32Array.from({ length: 2 * 16 }, (_, i) => (i * 7 + 1) % GPT2.vocab_size), 'int32');
+    const counts: number[] = [];
+    for (let step = 0; step < 4; step++) {
+      const { value, grads } = tf.variableGrads(() =>
+        crossEntropy(tf.reshape(forward(p as Params, GPT2, tokens, { training: true }).logits, [32, GPT2.vocab_size]) as tf.Tensor2D, targets));
+      value.dispose();
+      const named = Object.fromEntries(Object.entries(grads).map(([k, g]) => [names.get(k)!, g]));
+      if (step === 0) {
+        const { fast, ref } = both(() => clipGradNorm({ ...named }, 0));
+        assert.ok(Math.abs(fast - ref) / ref < 1e-5, `grad norm ${fast} vs ${ref}`);
+      }
+      clipGradNorm(named, 1);
+      opt.apply(named, 1e-3);
+      counts.push(tf.memory().numTensors);
+    }
+    assert.deepEqual(counts.slice(1), [counts[1], counts[1], counts[1]], `tensor counts per step: ${counts}`);
+    opt.dispose();
+    tf.dispose([tokens, targets, ...Object.values(p)]);
   });
 
   describe('stories260K', () => {

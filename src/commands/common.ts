@@ -4,7 +4,6 @@
  */
 import Table from 'cli-table3';
 import type { z } from 'zod';
-import { initBackend } from '../backend/index.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import type { TrainResult } from '../train/trainer.js';
 import { log, setupLogger } from '../util/log.js';
@@ -20,6 +19,8 @@ export function loadStageConfig<S extends z.ZodType>(schema: S, args: GlobalArgs
 }
 
 export async function startBackend(args: GlobalArgs): Promise<void> {
+  // Loaded here, not at the top: tfjs takes ~0.7 s to load, and config errors should answer before that.
+  const { initBackend } = await import('../backend/index.js');
   const info = await initBackend(args.backend);
   for (const t of info.tried) log().info({ backend: t.name, reason: t.error }, 'backend unavailable, falling back');
   log().info({ backend: info.name, detail: info.detail }, `using tfjs backend: ${info.name}`);

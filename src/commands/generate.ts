@@ -1,8 +1,5 @@
 import type { CommandModule } from 'yargs';
 import { GenerateConfigSchema } from '../config/stages.js';
-import { generate } from '../model/generate.js';
-import { loadForInference } from '../model/lora.js';
-import { promptIds } from '../model/prompt.js';
 import { log } from '../util/log.js';
 import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend } from './common.js';
 
@@ -32,6 +29,8 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
       'sampling.top_p': args['top-p'], 'sampling.repetition_penalty': args['repetition-penalty'], 'sampling.stop': args.stop, 'sampling.seed': args.seed,
     });
     await startBackend(args);
+    // Loaded after the config checks: these load tfjs.
+    const [{ generate }, { loadForInference }, { promptIds }] = await Promise.all([import('../model/generate.js'), import('../model/lora.js'), import('../model/prompt.js')]);
     const { model, scale, dispose } = loadForInference(cfg.checkpoint, cfg.adapter);
     const ids = promptIds(model.tokenizer, cfg.prompt, cfg.chat);
     if (!args.json) process.stdout.write(cfg.prompt && !cfg.chat ? cfg.prompt : '');

@@ -2,8 +2,6 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CommandModule } from 'yargs';
 import { LoraConfigSchema } from '../config/stages.js';
-import { ADAPTER_WEIGHTS_FILE } from '../model/lora.js';
-import { lora, mergeLora } from '../train/sft.js';
 import { type GlobalArgs, InputError, handler, loadStageConfig, printSummary, startBackend, trainingSummary } from './common.js';
 
 type Args = GlobalArgs & { action?: string; resume: boolean; base?: string; adapter?: string; out?: string };
@@ -21,12 +19,15 @@ export const loraCommand: CommandModule<GlobalArgs, Args> = {
     if (args.action === 'merge') {
       if (!args.adapter || !args.out) throw new InputError('lora merge needs --adapter DIR and --out DIR (and --base DIR unless the adapter names its base)');
       await startBackend(args);
+      const { mergeLora } = await import('../train/sft.js');
       const r = await mergeLora({ base: args.base, adapter: args.adapter, out: args.out });
       printSummary(args, 'lora merge', { out: args.out, base: r.base, adapter: args.adapter, merged_modules: r.modules });
       return;
     }
     const cfg = loadStageConfig(LoraConfigSchema, args, { 'train.seed': args.seed });
     await startBackend(args);
+    // Loaded after the config checks: these load tfjs.
+    const [{ lora }, { ADAPTER_WEIGHTS_FILE }] = await Promise.all([import('../train/sft.js'), import('../model/lora.js')]);
     const r = await lora(cfg, { resume: args.resume });
     printSummary(args, 'lora', {
       out_dir: cfg.out_dir,

@@ -1,6 +1,5 @@
 import type { CommandModule } from 'yargs';
 import { PretrainConfigSchema } from '../config/stages.js';
-import { pretrain } from '../train/pretrain.js';
 import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend, trainingSummary } from './common.js';
 
 type Args = GlobalArgs & { resume: boolean };
@@ -11,6 +10,7 @@ export const pretrainCommand: CommandModule<GlobalArgs, Args> = {
   handler: handler<Args>('pretrain', async (args) => {
     const cfg = loadStageConfig(PretrainConfigSchema, args, { 'train.seed': args.seed });
     await startBackend(args);
+    const { pretrain } = await import('../train/pretrain.js'); // after the config checks: it loads tfjs
     const r = await pretrain(cfg, { resume: args.resume });
     printSummary(args, 'pretrain', {
       out_dir: cfg.out_dir,
