@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 
 import type { BackendName } from './names.js';
+import { enableNativeKernels, nativeStatus } from './native.js';
 export { type BackendName, BACKENDS } from './names.js';
 
 export interface BackendInfo {
@@ -80,7 +81,9 @@ export async function initBackend(requested: BackendName = 'auto'): Promise<Back
     const detail = await attempt(tried);
     if (detail) {
       await tf.ready();
-      active = { name: tf.getBackend(), detail, tried };
+      // On WASM, the native addon's kernels take over the hot ops when it was built (see native.ts).
+      const kernels = tf.getBackend() === 'wasm' ? (enableNativeKernels(), ` + ${nativeStatus()}`) : '';
+      active = { name: tf.getBackend(), detail: detail + kernels, tried };
       return active;
     }
   }

@@ -4,7 +4,6 @@
  */
 import Table from 'cli-table3';
 import type { z } from 'zod';
-import { initBackend } from '../backend/index.js';
 import { setVerifyHashes } from '../checkpoint/verify.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import type { TrainResult } from '../train/trainer.js';
@@ -48,6 +47,8 @@ export function loadStageConfig<S extends z.ZodType>(
 }
 
 export async function startBackend(args: GlobalArgs): Promise<void> {
+  // Loaded here, not at the top: tfjs takes ~0.7 s to load, and config errors should answer before that.
+  const { initBackend } = await import('../backend/index.js');
   const info = await initBackend(args.backend);
   // Falling back from the optional native packages is the usual case, not news: one debug line.
   if (info.tried.length) log().debug({ tried: info.tried }, `backends unavailable: ${info.tried.map((t) => t.name).join(', ')}`);

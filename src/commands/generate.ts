@@ -1,8 +1,5 @@
 import type { CommandModule } from 'yargs';
 import { GenerateConfigSchema } from '../config/stages.js';
-import { generate } from '../model/generate.js';
-import { loadForInference } from '../model/lora.js';
-import { promptIds } from '../model/prompt.js';
 import { log } from '../util/log.js';
 import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend } from './common.js';
 
@@ -41,6 +38,8 @@ export const generateCommand: CommandModule<GlobalArgs, Args> = {
       { flags: Object.fromEntries(Object.entries(flags).map(([path, [flag]]) => [path, flag])), command: 'generate' },
     );
     await startBackend(args);
+    // Loaded after the config checks: these load tfjs.
+    const [{ generate }, { loadForInference }, { promptIds }] = await Promise.all([import('../model/generate.js'), import('../model/lora.js'), import('../model/prompt.js')]);
     const { model, scale, dispose } = loadForInference(cfg.checkpoint, cfg.adapter);
     const ids = promptIds(model.tokenizer, cfg.prompt, cfg.chat);
     if (!args.json) process.stdout.write(cfg.prompt && !cfg.chat ? cfg.prompt : '');

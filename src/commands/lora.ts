@@ -3,8 +3,6 @@ import { join } from 'node:path';
 import type { CommandModule } from 'yargs';
 import { LoraMergeConfigSchema } from '../config/convert.js';
 import { LoraConfigSchema } from '../config/stages.js';
-import { ADAPTER_WEIGHTS_FILE } from '../model/lora.js';
-import { lora, mergeLora } from '../train/sft.js';
 import { type GlobalArgs, type OutputArgs, handler, loadStageConfig, outputOptions, printSummary, startBackend, trainingSummary } from './common.js';
 
 type Args = GlobalArgs & OutputArgs & { action?: string; base?: string; adapter?: string; out?: string };
@@ -25,12 +23,15 @@ export const loraCommand: CommandModule<GlobalArgs, Args> = {
         flags: { adapter: 'adapter', base: 'base', out: 'out' },
       });
       await startBackend(args);
+      const { mergeLora } = await import('../train/sft.js'); // after the config checks: it loads tfjs
       const r = await mergeLora({ ...cfg, overwrite: args.overwrite });
       printSummary(args, 'lora merge', { out: cfg.out, base: r.base, adapter: cfg.adapter, merged_modules: r.modules });
       return;
     }
     const cfg = loadStageConfig(LoraConfigSchema, args, { 'train.seed': args.seed }, { command: 'lora' });
     await startBackend(args);
+    // Loaded after the config checks: these load tfjs.
+    const [{ lora }, { ADAPTER_WEIGHTS_FILE }] = await Promise.all([import('../train/sft.js'), import('../model/lora.js')]);
     const r = await lora(cfg, { resume: args.resume, overwrite: args.overwrite, force: args.force });
     printSummary(args, 'lora', {
       out_dir: cfg.out_dir,

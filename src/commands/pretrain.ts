@@ -1,6 +1,5 @@
 import type { CommandModule } from 'yargs';
 import { PretrainConfigSchema } from '../config/stages.js';
-import { pretrain } from '../train/pretrain.js';
 import { type GlobalArgs, type OutputArgs, handler, loadStageConfig, outputOptions, printSummary, startBackend, trainingSummary } from './common.js';
 
 type Args = GlobalArgs & OutputArgs;
@@ -14,6 +13,7 @@ export const pretrainCommand: CommandModule<GlobalArgs, Args> = {
   handler: handler<Args>('pretrain', async (args) => {
     const cfg = loadStageConfig(PretrainConfigSchema, args, { 'train.seed': args.seed }, { command: 'pretrain' });
     await startBackend(args);
+    const { pretrain } = await import('../train/pretrain.js'); // after the config checks: it loads tfjs
     const r = await pretrain(cfg, { resume: args.resume, overwrite: args.overwrite, force: args.force });
     printSummary(args, 'pretrain', {
       out_dir: cfg.out_dir,

@@ -1,6 +1,5 @@
 import type { CommandModule } from 'yargs';
 import { SftConfigSchema } from '../config/stages.js';
-import { sft } from '../train/sft.js';
 import { type GlobalArgs, type OutputArgs, handler, loadStageConfig, outputOptions, printSummary, startBackend, trainingSummary } from './common.js';
 
 type Args = GlobalArgs & OutputArgs;
@@ -11,6 +10,7 @@ export const sftCommand: CommandModule<GlobalArgs, Args> = {
   handler: handler<Args>('sft', async (args) => {
     const cfg = loadStageConfig(SftConfigSchema, args, { 'train.seed': args.seed }, { command: 'sft' });
     await startBackend(args);
+    const { sft } = await import('../train/sft.js'); // after the config checks: it loads tfjs
     const r = await sft(cfg, { resume: args.resume, overwrite: args.overwrite, force: args.force });
     printSummary(args, 'sft', {
       out_dir: cfg.out_dir,

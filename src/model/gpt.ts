@@ -9,7 +9,9 @@
  * `<name>.lora_A/B` when present, so no layer needs to know about fine-tuning.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { bmm, embedding, fastDropout, linear as linearKernel, loraDelta, matmul, matmulFrozen } from './kernels.js';
+import { writeRows } from '../backend/native.js';
+import * as fused from './kernels.js';
+import { bmm, embedding, fastDropout, linear as linearKernel, loraDelta, matmul, matmulFrozen, nativeOps } from './kernels.js';
 
 export interface ModelConfig {
   arch: 'gpt2' | 'llama';
@@ -110,9 +112,14 @@ export interface ForwardOptions {
 }
 
 export interface KVCache {
-  k: (tf.Tensor4D | null)[]; // per layer [B, n_kv_head, S, hd]
+  k: (tf.Tensor4D | null)[]; // per layer [B, n_kv_head, S, hd]; preallocated: [B, n_ctx, n_kv_head, hd]
   v: (tf.Tensor4D | null)[];
   length: number; // positions already cached
+  /**
+   * Set when the native kernels filled this cache: each layer's k/v is allocated once for the whole
+   * context and new positions are written in place (no concatenation per token).
+   */
+  preallocated?: boolean;
 }
 
 export function emptyCache(c: ModelConfig): KVCache {
@@ -124,6 +131,7 @@ export function disposeCache(cache: KVCache): void {
   cache.k.fill(null);
   cache.v.fill(null);
   cache.length = 0;
+  cache.preallocated = undefined;
 }
 
 /** x [N, in] @ W [in, out] + b, plus the LoRA update (x @ A) @ B * scale when the adapter is present. */
@@ -141,6 +149,11 @@ function linear(p: Params, name: string, x: tf.Tensor2D, opts: ForwardOptions): 
 }
 
 function norm(p: Params, name: string, x: tf.Tensor2D, c: ModelConfig): tf.Tensor2D {
+  if (nativeOps()) {
+    // The same math as below, fused into one native kernel each way.
+    const w = p[`${name}.weight`]!;
+    return c.arch === 'llama' ? fused.rmsNorm(x, w, c.norm_eps) : fused.layerNorm(x, w, p[`${name}.bias`]!, c.norm_eps);
+  }
   if (c.arch === 'llama') {
     // RMSNorm: x / sqrt(mean(x²) + eps) * w
     const ms = tf.mean(tf.square(x), -1, true);
@@ -156,6 +169,7 @@ function norm(p: Params, name: string, x: tf.Tensor2D, c: ModelConfig): tf.Tenso
  * on WASM tanh and pow are ~3x slower than sigmoid and multiplies.
  */
 function gelu(x: tf.Tensor): tf.Tensor {
+  if (nativeOps()) return fused.gelu(x);
   const z2 = tf.mul(2 * Math.sqrt(2 / Math.PI), tf.add(x, tf.mul(0.044715, tf.mul(tf.mul(x, x), x))));
   return tf.mul(x, tf.sigmoid(z2));
 }
@@ -165,7 +179,7 @@ function mlp(p: Params, name: string, x: tf.Tensor2D, c: ModelConfig, o: Forward
   let act: tf.Tensor;
   if (c.arch === 'llama') {
     const gate = linear(p, `${name}.gate_proj`, x, o);
-    act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), up); // SwiGLU: silu(gate) * up
+    act = nativeOps() ? fused.swiglu(gate, up) : tf.mul(tf.mul(gate, tf.sigmoid(gate)), up); // SwiGLU: silu(gate) * up
   } else {
     act = gelu(up);
   }
@@ -176,17 +190,30 @@ function mlp(p: Params, name: string, x: tf.Tensor2D, c: ModelConfig, o: Forward
 function rope(x: tf.Tensor4D, pos0: number, c: ModelConfig): tf.Tensor4D {
   const [, , T, hd] = x.shape;
   const half = hd / 2;
-  const cos = new Float32Array(T * half), sin = new Float32Array(T * half);
-  for (let t = 0; t < T; t++) {
-    for (let i = 0; i < half; i++) {
-      const angle = (pos0 + t) * Math.pow(c.rope_theta, (-2 * i) / hd);
-      cos[t * half + i] = Math.cos(angle);
-      sin[t * half + i] = Math.sin(angle);
-    }
-  }
-  const cosT = tf.tensor2d(cos, [T, half]), sinT = tf.tensor2d(sin, [T, half]);
+  const { cos, sin } = ropeTable(c.n_ctx, hd, c.rope_theta);
+  const cosT = tf.tensor2d(cos.subarray(pos0 * half, (pos0 + T) * half), [T, half]);
+  const sinT = tf.tensor2d(sin.subarray(pos0 * half, (pos0 + T) * half), [T, half]);
   const [x1, x2] = tf.split(x, 2, -1) as [tf.Tensor4D, tf.Tensor4D];
   return tf.concat([tf.sub(tf.mul(x1, cosT), tf.mul(x2, sinT)), tf.add(tf.mul(x2, cosT), tf.mul(x1, sinT))], -1) as tf.Tensor4D;
+}
+
+/** cos/sin of every position's rotary angles, computed once per (context, head size, theta). */
+const ropeTables = new Map<string, { cos: Float32Array; sin: Float32Array }>();
+function ropeTable(nCtx: number, hd: number, theta: number): { cos: Float32Array; sin: Float32Array } {
+  const key = `${nCtx}/${hd}/${theta}`;
+  let table = ropeTables.get(key);
+  if (!table) {
+    const half = hd / 2, cos = new Float32Array(nCtx * half), sin = new Float32Array(nCtx * half);
+    for (let t = 0; t < nCtx; t++) {
+      for (let i = 0; i < half; i++) {
+        const angle = t * Math.pow(theta, (-2 * i) / hd);
+        cos[t * half + i] = Math.cos(angle);
+        sin[t * half + i] = Math.sin(angle);
+      }
+    }
+    ropeTables.set(key, (table = { cos, sin }));
+  }
+  return table;
 }
 
 /** Additive causal mask [T, S] for queries at positions pos0..pos0+T-1 over keys 0..S-1. */
@@ -199,6 +226,8 @@ function causalMask(T: number, S: number, pos0: number): tf.Tensor2D {
 function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, layer: number, c: ModelConfig, o: ForwardOptions): tf.Tensor2D {
   const hd = c.n_embd / c.n_head, rep = c.n_head / c.n_kv_head;
   const pos0 = o.cache?.length ?? 0;
+  if (nativeOps() && !(o.training && c.dropout > 0)) return attnFused(p, name, x, B, T, layer, c, o);
+  if (o.cache?.preallocated) throw new Error('this KV cache was filled by the native kernels; switch kernels between generations only');
   const heads = (t: tf.Tensor2D, n: number) => tf.transpose(tf.reshape(t, [B, T, n, hd]), [0, 2, 1, 3]) as tf.Tensor4D;
   let q = heads(linear(p, `${name}.q_proj`, x, o), c.n_head);
   let k = heads(linear(p, `${name}.k_proj`, x, o), c.n_kv_head);
@@ -220,20 +249,82 @@ function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, lay
     pv?.dispose();
   }
   const S = k.shape[2];
-  if (rep > 1) {
-    // Grouped-query attention: query head h reads kv head floor(h / rep).
-    const expand = (t: tf.Tensor4D) => tf.reshape(tf.tile(tf.reshape(t, [B * c.n_kv_head, 1, S, hd]), [1, rep, 1, 1]), [B, c.n_head, S, hd]);
-    k = expand(k) as tf.Tensor4D;
-    v = expand(v) as tf.Tensor4D;
-  }
-  const q3 = tf.reshape(q, [B * c.n_head, T, hd]) as tf.Tensor3D;
-  const kT = tf.transpose(tf.reshape(k, [B * c.n_head, S, hd]), [0, 2, 1]) as tf.Tensor3D;
-  const v3 = tf.reshape(v, [B * c.n_head, S, hd]) as tf.Tensor3D;
-  const scores = tf.add(tf.mul(bmm(q3, kT), 1 / Math.sqrt(hd)), causalMask(T, S, pos0));
+  // Grouped-query attention without copying the cache: query head h = g·rep + r reads kv head g, so the
+  // rep query heads of a group are stacked as rows of one [rep·T, hd] matrix against that group's keys.
+  const G = B * c.n_kv_head;
+  const q3 = tf.reshape(q, [G, rep * T, hd]) as tf.Tensor3D;
+  const kT = tf.transpose(tf.reshape(k, [G, S, hd]), [0, 2, 1]) as tf.Tensor3D;
+  const v3 = tf.reshape(v, [G, S, hd]) as tf.Tensor3D;
+  let scores = tf.mul(bmm(q3, kT), 1 / Math.sqrt(hd));
+  // One query position sees every cached key: no mask needed while decoding.
+  if (T > 1 || S > pos0 + T) scores = tf.reshape(tf.add(tf.reshape(scores, [G, rep, T, S]), causalMask(T, S, pos0)), [G, rep * T, S]);
   let att = tf.softmax(scores) as tf.Tensor3D;
   if (o.training && c.dropout > 0) att = tf.dropout(att, c.dropout) as tf.Tensor3D;
   const y = tf.transpose(tf.reshape(bmm(att, v3), [B, c.n_head, T, hd]), [0, 2, 1, 3]);
   return linear(p, `${name}.o_proj`, tf.reshape(y, [B * T, c.n_embd]) as tf.Tensor2D, o);
+}
+
+/**
+ * The same attention on the native kernels: heads stay in the projections' [B, T, heads, hd] layout (no
+ * transposes), RoPE and attention are one kernel each, and the KV cache is allocated once per layer for
+ * the whole context and written in place.
+ */
+function attnFused(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, layer: number, c: ModelConfig, o: ForwardOptions): tf.Tensor2D {
+  const hd = c.n_embd / c.n_head;
+  const pos0 = o.cache?.length ?? 0;
+  const heads = (t: tf.Tensor2D, n: number) => tf.reshape(t, [B, T, n, hd]) as tf.Tensor4D;
+  let q = heads(linear(p, `${name}.q_proj`, x, o), c.n_head);
+  let k = heads(linear(p, `${name}.k_proj`, x, o), c.n_kv_head);
+  let v = heads(linear(p, `${name}.v_proj`, x, o), c.n_kv_head);
+  if (c.arch === 'llama') {
+    q = fused.rope(q, pos0, c.rope_theta);
+    k = fused.rope(k, pos0, c.rope_theta);
+  }
+  if (o.cache) {
+    const [kc, vc] = cacheLayer(o.cache, layer, B, c);
+    writeRows(kc, k, pos0);
+    writeRows(vc, v, pos0);
+    k = kc;
+    v = vc;
+  }
+  const y = fused.attention(q, k, v, pos0, 1 / Math.sqrt(hd));
+  return linear(p, `${name}.o_proj`, tf.reshape(y, [B * T, c.n_embd]) as tf.Tensor2D, o);
+}
+
+/** A layer's preallocated cache tensors [B, n_ctx, n_kv_head, hd], made on first use. */
+function cacheLayer(cache: KVCache, layer: number, B: number, c: ModelConfig): [tf.Tensor4D, tf.Tensor4D] {
+  if (!cache.preallocated && cache.k.some((t) => t)) throw new Error('this KV cache was filled by the WASM kernels; switch kernels between generations only');
+  cache.preallocated = true;
+  if (!cache.k[layer] || cache.k[layer]!.shape[0] !== B) {
+    cache.k[layer]?.dispose();
+    cache.v[layer]?.dispose();
+    const shape: [number, number, number, number] = [B, c.n_ctx, c.n_kv_head, c.n_embd / c.n_head];
+    cache.k[layer] = tf.keep(tf.zeros(shape)) as tf.Tensor4D;
+    cache.v[layer] = tf.keep(tf.zeros(shape)) as tf.Tensor4D;
+  }
+  return [cache.k[layer]!, cache.v[layer]!];
+}
+
+/**
+ * Decoding with the native kernels: with a KV cache nothing is differentiated, so a block without LoRA
+ * adapters runs as one native call doing exactly the per-op path's arithmetic (tested against it).
+ */
+function fusedBlock(p: Params, i: number, x: tf.Tensor2D, B: number, T: number, c: ModelConfig, o: ForwardOptions): tf.Tensor2D | undefined {
+  const h = `h.${i}`;
+  if (!o.cache || !nativeOps() || o.training) return undefined;
+  const names = { ln1w: `${h}.ln_1.weight`, ln1b: `${h}.ln_1.bias`, wq: `${h}.attn.q_proj.weight`, bq: `${h}.attn.q_proj.bias`, wk: `${h}.attn.k_proj.weight`,
+    bk: `${h}.attn.k_proj.bias`, wv: `${h}.attn.v_proj.weight`, bv: `${h}.attn.v_proj.bias`, wo: `${h}.attn.o_proj.weight`, bo: `${h}.attn.o_proj.bias`,
+    ln2w: `${h}.ln_2.weight`, ln2b: `${h}.ln_2.bias`, wg: `${h}.mlp.gate_proj.weight`, bg: `${h}.mlp.gate_proj.bias`, wu: `${h}.mlp.up_proj.weight`,
+    bu: `${h}.mlp.up_proj.bias`, wd: `${h}.mlp.down_proj.weight`, bd: `${h}.mlp.down_proj.bias` };
+  const inputs: Record<string, tf.Tensor> = {};
+  for (const [slot, name] of Object.entries(names)) {
+    if (p[name]) inputs[slot] = p[name]!;
+    const base = name.replace(/\.weight$/, '');
+    if (p[`${base}.lora_A`]) return undefined; // adapters take the per-op path
+  }
+  const [kcache, vcache] = cacheLayer(o.cache, i, B, c);
+  const attrs = { T, H: c.n_head, inner: c.n_inner, pos0: o.cache.length, eps: c.norm_eps, theta: c.rope_theta, llama: c.arch === 'llama' };
+  return tf.engine().runKernel('LlmctlBlock', { x, kcache, vcache, ...inputs }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
 function dropout(x: tf.Tensor2D, c: ModelConfig, o: ForwardOptions): tf.Tensor2D {
@@ -256,12 +347,19 @@ export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: Forwa
     }
     x = dropout(x, c, o);
     for (let i = 0; i < c.n_layer; i++) {
+      const fusedX = fusedBlock(p, i, x, B, T, c, o);
+      if (fusedX) {
+        x = fusedX;
+        continue;
+      }
       x = tf.add(x, dropout(attn(p, `h.${i}.attn`, norm(p, `h.${i}.ln_1`, x, c), B, T, i, c, o), c, o));
       x = tf.add(x, dropout(mlp(p, `h.${i}.mlp`, norm(p, `h.${i}.ln_2`, x, c), c, o), c, o));
     }
     const h = norm(p, 'ln_f', x, c);
-    const head = c.tie_embeddings ? (tf.transpose(p['wte.weight']!) as tf.Tensor2D) : (p['lm_head.weight'] as tf.Tensor2D);
-    const logits = tf.reshape(o.freezeBase ? matmulFrozen(h, head) : matmul(h, head), [B, T, c.vocab_size]) as tf.Tensor3D;
+    // The tied head reads wte [vocab, d] transposed; the matmuls take that as a flag (no copy on native).
+    const tied = c.tie_embeddings;
+    const head = (tied ? p['wte.weight'] : p['lm_head.weight']) as tf.Tensor2D;
+    const logits = tf.reshape(o.freezeBase ? matmulFrozen(h, head, tied) : matmul(h, head, tied), [B, T, c.vocab_size]) as tf.Tensor3D;
     return o.returnHidden ? { logits, hidden: tf.reshape(h, [B, T, c.n_embd]) as tf.Tensor3D } : { logits };
   });
   if (o.cache) o.cache.length += T;

@@ -8,6 +8,7 @@
  * the same code is correct and about as fast.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { nativeKernels } from '../backend/native.js';
 
 /**
  * Reference mode swaps every kernel below for the plain tfjs op with tfjs's own gradient. Benchmarks use
@@ -17,6 +18,17 @@ let reference = false;
 export function setReferenceKernels(on: boolean): void {
   reference = on;
 }
+
+/**
+ * Native kernels (src/backend/native.ts) are registered and on: tf.matMul takes transposed operands at
+ * full speed there, so the gradients below pass transpose flags instead of copying; and the fused ops at
+ * the end of this file exist.
+ */
+const native = (): boolean => nativeKernels() && !reference;
+
+/** One tfjs kernel call by name (the fused native kernels have no tf.* op). */
+const run = (name: string, inputs: Record<string, tf.Tensor>, attrs: Record<string, number | boolean | string> = {}) =>
+  tf.engine().runKernel(name, inputs as unknown as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap);
 
 /** tf.customGrad with typed positional arguments (its own typing is a loose rest parameter). */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -29,6 +41,20 @@ const customGrad = (f: (...args: any[]) => { value: tf.Tensor; gradFunc: (dy: tf
  */
 export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D {
   if (reference) return tf.add(tf.matMul(x, w), b);
+  if (native()) {
+    const g = customGrad((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+      save([x, w]);
+      return {
+        value: run('_FusedMatMul', { a: x, b: w, bias: b }, { transposeA: false, transposeB: false, activation: 'linear' }) as tf.Tensor2D,
+        gradFunc: (dy: tf.Tensor, [sx, sw]: tf.Tensor[]) => [
+          tf.matMul(dy as tf.Tensor2D, sw as tf.Tensor2D, false, true),
+          tf.matMul(sx as tf.Tensor2D, dy as tf.Tensor2D, true, false),
+          run('LlmctlColSum', { x: dy }) as tf.Tensor,
+        ],
+      };
+    });
+    return g(x, w, b) as tf.Tensor2D;
+  }
   const f = customGrad((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     save([x, w]);
     return {
@@ -43,9 +69,23 @@ export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tenso
   return f(x, w, b) as tf.Tensor2D;
 }
 
-/** y = a @ b for a [M,K], b [K,N]. */
-export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
-  if (reference) return tf.matMul(a, b);
+/** y = a @ b for a [M,K], b [K,N]; with transposeB, y = a @ bᵀ for b [N,K] (the tied output head). */
+export function matmul(a: tf.Tensor2D, b: tf.Tensor2D, transposeB = false): tf.Tensor2D {
+  if (reference) return tf.matMul(a, b, false, transposeB);
+  if (native()) {
+    const g = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+      save([a, b]);
+      return {
+        value: tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, false, transposeB),
+        gradFunc: (dy: tf.Tensor, [sa, sb]: tf.Tensor[]) => [
+          tf.matMul(dy as tf.Tensor2D, sb as tf.Tensor2D, false, !transposeB),
+          transposeB ? tf.matMul(dy as tf.Tensor2D, sa as tf.Tensor2D, true, false) : tf.matMul(sa as tf.Tensor2D, dy as tf.Tensor2D, true, false),
+        ],
+      };
+    });
+    return g(a, b) as tf.Tensor2D;
+  }
+  if (transposeB) return tf.tidy(() => matmul(a, tf.transpose(b) as tf.Tensor2D));
   const f = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     save([a, b]);
     return {
@@ -64,8 +104,19 @@ export function matmul(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
  * input's gradient eagerly, so `matmul` would spend a second [in,N]@[N,out] matmul per layer on dW
  * that is then thrown away; here w is not a differentiable input and only da = dy @ wᵀ is computed.
  */
-export function matmulFrozen(a: tf.Tensor2D, w: tf.Tensor2D): tf.Tensor2D {
-  if (reference) return tf.matMul(a, w);
+export function matmulFrozen(a: tf.Tensor2D, w: tf.Tensor2D, transposeW = false): tf.Tensor2D {
+  if (reference) return tf.matMul(a, w, false, transposeW);
+  if (native()) {
+    const g = customGrad((a: tf.Tensor, save: tf.GradSaveFunc) => {
+      save([w]);
+      return {
+        value: tf.matMul(a as tf.Tensor2D, w, false, transposeW),
+        gradFunc: (dy: tf.Tensor, [sw]: tf.Tensor[]) => tf.matMul(dy as tf.Tensor2D, sw as tf.Tensor2D, false, !transposeW),
+      };
+    });
+    return g(a) as tf.Tensor2D;
+  }
+  if (transposeW) return tf.tidy(() => matmulFrozen(a, tf.transpose(w) as tf.Tensor2D));
   const f = customGrad((a: tf.Tensor, save: tf.GradSaveFunc) => {
     save([w]); // w may be a scope-local tensor (the tied head's transpose): keep it for the backward pass
     return {
@@ -108,6 +159,21 @@ export function fastDropout<T extends tf.Tensor>(x: T, rate: number): T {
  */
 export function loraDelta(x: tf.Tensor2D, A: tf.Tensor2D, B: tf.Tensor2D, scale: number): tf.Tensor2D {
   if (reference) return tf.mul(tf.matMul(tf.matMul(x, A), B), scale);
+  if (native()) {
+    const g = customGrad((x: tf.Tensor, A: tf.Tensor, B: tf.Tensor, save: tf.GradSaveFunc) => {
+      const h = tf.matMul(x as tf.Tensor2D, A as tf.Tensor2D);
+      save([x, A, B, h]);
+      return {
+        value: tf.mul(tf.matMul(h, B as tf.Tensor2D), scale),
+        gradFunc: (dy: tf.Tensor, [sx, sA, sB, sh]: tf.Tensor[]) => {
+          const gs = tf.mul(dy, scale) as tf.Tensor2D;
+          const dh = tf.matMul(gs, sB as tf.Tensor2D, false, true);
+          return [tf.matMul(dh, sA as tf.Tensor2D, false, true), tf.matMul(sx as tf.Tensor2D, dh, true, false), tf.matMul(sh as tf.Tensor2D, gs, true, false)];
+        },
+      };
+    });
+    return g(x, A, B) as tf.Tensor2D;
+  }
   const f = customGrad((x: tf.Tensor, A: tf.Tensor, B: tf.Tensor, save: tf.GradSaveFunc) => {
     const h = tf.matMul(x as tf.Tensor2D, A as tf.Tensor2D); // [N, r]
     save([x, A, B, h]);
@@ -129,6 +195,19 @@ export function loraDelta(x: tf.Tensor2D, A: tf.Tensor2D, B: tf.Tensor2D, scale:
 /** Batched y[n] = a[n] @ b[n] for a [N,M,K], b [N,K,P]. */
 export function bmm(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
   if (reference) return tf.matMul(a, b);
+  if (native()) {
+    const g = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+      save([a, b]);
+      return {
+        value: tf.matMul(a as tf.Tensor3D, b as tf.Tensor3D),
+        gradFunc: (dy: tf.Tensor, [sa, sb]: tf.Tensor[]) => [
+          tf.matMul(dy as tf.Tensor3D, sb as tf.Tensor3D, false, true),
+          tf.matMul(sa as tf.Tensor3D, dy as tf.Tensor3D, true, false),
+        ],
+      };
+    });
+    return g(a, b) as tf.Tensor3D;
+  }
   const f = customGrad((a: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
     save([a, b]);
     return {
@@ -149,7 +228,7 @@ export function bmm(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
  * multiplier P), 'valid' padding → [1, M, 1, N·P]. Other backends keep their own batched matmul.
  */
 export function batchMatMul(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
-  if (tf.getBackend() !== 'wasm') return tf.matMul(a, b);
+  if (tf.getBackend() !== 'wasm' || nativeKernels()) return tf.matMul(a, b);
   return tf.tidy(() => {
     const [N, M, K] = a.shape, P = b.shape[2];
     const x = tf.reshape(tf.transpose(a, [1, 2, 0]), [1, M, K, N]) as tf.Tensor4D;
@@ -182,4 +261,80 @@ export function embedding(weight: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
  */
 export function oneHotFloat(ids: tf.Tensor1D, depth: number): tf.Tensor2D {
   return tf.tidy(() => tf.cast(tf.oneHot(ids, depth), 'float32') as tf.Tensor2D);
+}
+
+// ------------------------------------------------------------------ fused native ops
+// Each is one native kernel forward and one backward (see native/llmctl_native.c), replacing 5-10 tfjs
+// kernels. Callers use them only when nativeOps() is true; gpt.ts keeps the same math in tfjs ops.
+
+/** The fused native ops below are available (native kernels on, not in reference mode). */
+export function nativeOps(): boolean {
+  return native();
+}
+
+/** LayerNorm over the last axis: (x − mean)/√(var + eps)·w + b. */
+export function layerNorm(x: tf.Tensor2D, w: tf.Tensor, b: tf.Tensor, eps: number): tf.Tensor2D {
+  const f = customGrad((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    const [y, mean, rstd] = run('LlmctlLayerNorm', { x, w, b }, { eps }) as tf.Tensor[];
+    save([x, w, mean!, rstd!]);
+    return { value: y!, gradFunc: (dy: tf.Tensor, [sx, sw, sm, sr]: tf.Tensor[]) => run('LlmctlLayerNormGrad', { dy, x: sx!, w: sw!, mean: sm!, rstd: sr! }) as tf.Tensor[] };
+  });
+  return f(x, w, b) as tf.Tensor2D;
+}
+
+/** RMSNorm over the last axis: x/√(mean(x²) + eps)·w. */
+export function rmsNorm(x: tf.Tensor2D, w: tf.Tensor, eps: number): tf.Tensor2D {
+  const f = customGrad((x: tf.Tensor, w: tf.Tensor, save: tf.GradSaveFunc) => {
+    const [y, rstd] = run('LlmctlRmsNorm', { x, w }, { eps }) as tf.Tensor[];
+    save([x, w, rstd!]);
+    return { value: y!, gradFunc: (dy: tf.Tensor, [sx, sw, sr]: tf.Tensor[]) => run('LlmctlRmsNormGrad', { dy, x: sx!, w: sw!, rstd: sr! }) as tf.Tensor[] };
+  });
+  return f(x, w) as tf.Tensor2D;
+}
+
+/** GPT-2's tanh-approximation GELU. */
+export function gelu(x: tf.Tensor): tf.Tensor {
+  const f = customGrad((x: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([x]);
+    return { value: run('LlmctlGelu', { x }) as tf.Tensor, gradFunc: (dy: tf.Tensor, [sx]: tf.Tensor[]) => run('LlmctlGeluGrad', { dy, x: sx! }) as tf.Tensor };
+  });
+  return f(x);
+}
+
+/** SwiGLU: silu(gate)·up. */
+export function swiglu(gate: tf.Tensor, up: tf.Tensor): tf.Tensor {
+  const f = customGrad((g: tf.Tensor, u: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([g, u]);
+    return { value: run('LlmctlSwiGLU', { g, u }) as tf.Tensor, gradFunc: (dy: tf.Tensor, [sg, su]: tf.Tensor[]) => run('LlmctlSwiGLUGrad', { dy, g: sg!, u: su! }) as tf.Tensor[] };
+  });
+  return f(gate, up);
+}
+
+/** Rotary embedding ("rotate half") of x [B, T, heads, hd] at positions pos0..pos0+T−1. */
+export function rope(x: tf.Tensor4D, pos0: number, theta: number): tf.Tensor4D {
+  const f = customGrad((x: tf.Tensor) => ({
+    value: run('LlmctlRope', { x }, { pos0, theta, inverse: false }) as tf.Tensor,
+    gradFunc: (dy: tf.Tensor) => run('LlmctlRope', { x: dy }, { pos0, theta, inverse: true }) as tf.Tensor,
+  }));
+  return f(x) as tf.Tensor4D;
+}
+
+/**
+ * Causal attention softmax(q·kᵀ·scale + mask)·v in one kernel, heads in the projections' layout:
+ * q [B, T, H, hd]; k, v [B, S, KVH, hd] (grouped-query: head h reads kv head h / (H/KVH)), or a
+ * preallocated cache [B, capacity, KVH, hd] whose first pos0 + T rows are filled. → y [B, T, H, hd].
+ */
+export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, pos0: number, scale: number): tf.Tensor4D {
+  const f = customGrad((q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, save: tf.GradSaveFunc) => {
+    const [y, P] = run('LlmctlAttention', { q, k, v }, { pos0, scale }) as tf.Tensor[];
+    save([q, k, v, P!]);
+    return {
+      value: y!,
+      gradFunc: (dy: tf.Tensor, [sq, sk, sv, sP]: tf.Tensor[]) => {
+        if (pos0 !== 0 || sk!.shape[1] !== sq!.shape[1]) throw new Error('attention: no gradient through a KV cache');
+        return run('LlmctlAttentionGrad', { dy, q: sq!, k: sk!, v: sv!, P: sP! }, { scale }) as tf.Tensor[];
+      },
+    };
+  });
+  return f(q, k, v) as tf.Tensor4D;
 }

@@ -3,6 +3,7 @@
  * p ← p − lr·(m̂/(√v̂+ε) + λ·p). Decay skips 1-D tensors (biases, norm gains), as nanoGPT does.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { nativeKernels, sumSquares } from '../backend/native.js';
 
 export interface AdamWConfig {
   beta1: number;
@@ -32,6 +33,17 @@ export class AdamW {
     for (const [name, p] of Object.entries(this.params)) {
       const g = grads[name];
       if (!g) continue;
+      if (nativeKernels()) {
+        // One native kernel per parameter instead of ~12 (the same arithmetic, in float32).
+        const decay = p.rank >= 2 ? weight_decay : 0;
+        const attrs = { lr, beta1, beta2, eps, decay, bc1, bc2, gscale: 1 };
+        const [np, nm, nv] = tf.engine().runKernel('LlmctlAdamW', { p, g, m: this.m[name]!, v: this.v[name]! }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
+        p.assign(np!);
+        this.m[name]!.assign(nm!);
+        this.v[name]!.assign(nv!);
+        for (const t of [np!, nm!, nv!, g]) t.dispose();
+        continue;
+      }
       tf.tidy(() => {
         const m = tf.add(tf.mul(this.m[name]!, beta1), tf.mul(g, 1 - beta1));
         const v = tf.add(tf.mul(this.v[name]!, beta2), tf.mul(tf.square(g), 1 - beta2));
@@ -91,9 +103,14 @@ export function addGrads(acc: Record<string, tf.Tensor>, g: Record<string, tf.Te
 
 /** Global L2 norm of all gradients; scales them in place to max_norm when above it. Returns the norm before clipping. */
 export function clipGradNorm(grads: Record<string, tf.Tensor>, maxNorm: number): number {
+  if (nativeKernels()) return clipScale(grads, maxNorm, Math.sqrt(sumSquares(Object.values(grads))));
   const normT = tf.tidy(() => tf.sqrt(tf.addN(Object.values(grads).map((g) => tf.sum(tf.square(g))))));
   const norm = normT.dataSync()[0]!;
   normT.dispose(); // the tidy's result is ours to free: one leaked scalar per training step otherwise
+  return clipScale(grads, maxNorm, norm);
+}
+
+function clipScale(grads: Record<string, tf.Tensor>, maxNorm: number, norm: number): number {
   if (maxNorm > 0 && norm > maxNorm) {
     const scale = maxNorm / (norm + 1e-6);
     for (const k of Object.keys(grads)) {
