@@ -24,7 +24,10 @@ if (!gyp) {
     gyp = undefined;
   }
 }
-const cmd = gyp ? [process.execPath, [gyp, 'rebuild']] : ['node-gyp', ['rebuild']];
+// Without a nodedir node-gyp downloads Node's headers; offline, use the ones installed with Node if present.
+const nodedir = process.env.npm_config_nodedir ?? (existsSync(join(dirname(process.execPath), '..', 'include', 'node', 'node_api.h')) ? join(dirname(process.execPath), '..') : undefined);
+const args = ['rebuild', ...(nodedir ? [`--nodedir=${nodedir}`] : [])];
+const cmd = gyp ? [process.execPath, [gyp, ...args]] : ['node-gyp', args];
 const r = spawnSync(cmd[0], cmd[1], { stdio: 'inherit' });
 if (r.status === 0) console.log('llmctl: native kernels built (build/Release/llmctl_native.node)');
 else console.log(`llmctl: native kernels not built (${r.error ? r.error.message : `node-gyp exited ${r.status}`}); the WASM kernels will run`);
