@@ -449,6 +449,8 @@ export interface PeftLayout {
   rank_pattern: Record<string, number>;
   alpha_pattern: Record<string, number>;
   fan_in_fan_out: boolean;
+  /** Whole modules trained beside the adapter (the embedding after setup_chat_format): PEFT's modules_to_save. */
+  modules_to_save: string[] | null;
 }
 
 const zeros = (shape: number[]): HostTensor => ({ shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
@@ -475,8 +477,16 @@ function sliceRows(t: HostTensor, r0: number, n: number): HostTensor {
 /** In-memory adapter → PEFT tensors and the adapter_config fields that depend on the architecture. */
 export function toPeft(c: ModelConfig, lora: Record<string, HostTensor>, r: number, alpha: number): PeftLayout {
   const tensors: Record<string, HostTensor> = {};
-  const modules = [...new Set(Object.keys(lora).map((k) => k.replace(/\.lora_[AB]$/, '')))];
+  const modules = [...new Set(Object.keys(lora).filter((k) => /\.lora_[AB]$/.test(k)).map((k) => k.replace(/\.lora_[AB]$/, '')))];
   const targets = new Set<string>();
+  const saved: string[] = [];
+  for (const name of Object.keys(lora).filter((k) => !/\.lora_[AB]$/.test(k))) {
+    // A whole tensor (wte.weight, lm_head.weight): PEFT stores modules_to_save under the module's own key.
+    const module = name.replace(/\.weight$/, '');
+    const hf = hfModuleName(c, module);
+    tensors[`${PEFT_PREFIX}${hf}.weight`] = module === 'lm_head' ? transpose2d(lora[name]!) : lora[name]!;
+    saved.push(hf.split('.').pop()!);
+  }
   const hd = c.n_embd / c.n_head;
   const fusedLayers = new Set<number>();
   for (const m of modules) {
@@ -514,7 +524,7 @@ export function toPeft(c: ModelConfig, lora: Record<string, HostTensor>, r: numb
     rank_pattern['attn.c_attn'] = 3 * rb;
     alpha_pattern['attn.c_attn'] = (3 * rb * alpha) / r;
   }
-  return { tensors, target_modules: [...targets].sort(), rank_pattern, alpha_pattern, fan_in_fan_out: c.arch === 'gpt2' };
+  return { tensors, target_modules: [...targets].sort(), rank_pattern, alpha_pattern, fan_in_fan_out: c.arch === 'gpt2', modules_to_save: saved.length ? saved.sort() : null };
 }
 
 /** The per-module entry of a PEFT rank/alpha pattern that applies to an HF module name (suffix match, as PEFT). */
@@ -534,9 +544,15 @@ export function fromPeft(c: ModelConfig, file: Record<string, TensorData>, peft:
   const out: Record<string, HostTensor> = {};
   const scale = peft.lora_alpha / peft.r;
   const byModule = new Map<string, { A?: HostTensor; B?: HostTensor }>();
+  const whole = new Map<string, HostTensor>();
   for (const [key, t] of Object.entries(file)) {
     const m = /^base_model\.model\.(.+)\.lora_([AB])(?:\.default)?\.weight$/.exec(key);
-    if (!m) throw new Error(`${path}: unexpected tensor '${key}'`);
+    if (!m) {
+      const w = /^base_model\.model\.(.+)\.weight$/.exec(key);
+      if (!w) throw new Error(`${path}: unexpected tensor '${key}'`);
+      whole.set(w[1]!, { shape: t.shape.slice(), data: toFloat32(t) });
+      continue;
+    }
     const e = byModule.get(m[1]!) ?? {};
     e[m[2] as 'A' | 'B'] = { shape: t.shape.slice(), data: toFloat32(t) };
     byModule.set(m[1]!, e);
@@ -582,6 +598,12 @@ export function fromPeft(c: ModelConfig, file: Record<string, TensorData>, peft:
     if (!mem) throw new Error(`${path}: adapter targets '${hf}', which this ${c.arch} model does not have`);
     out[`${mem}.lora_A`] = transpose2d(A);
     out[`${mem}.lora_B`] = transpose2d(fix(B));
+  }
+  for (const [hf, t] of whole) {
+    const mem = toMemory.get(hf) ?? (c.arch === 'gpt2' ? toMemory.get(`transformer.${hf}`) : undefined);
+    if (mem !== 'wte' && mem !== 'lm_head') throw new Error(`${path}: whole-module tensor '${hf}.weight' is not supported (only the embedding and lm_head as modules_to_save)`);
+    if (t.shape.length !== 2) throw new Error(`${path}: '${hf}.weight' has shape [${t.shape}], expected a matrix`);
+    out[`${mem}.weight`] = mem === 'lm_head' ? transpose2d(t) : t;
   }
   return out;
 }

@@ -514,6 +514,22 @@ export class Tokenizer {
     });
   }
 
+  /**
+   * A copy with `tokens` added as special tokens at the end of the vocabulary (those already present are
+   * kept) and `chatTemplate` as its template: TRL's setup_chat_format on the tokenizer side.
+   */
+  withSpecialTokens(tokens: readonly string[], chatTemplate: string): Tokenizer {
+    const s = this.spec;
+    const vocab = s.vocab.slice(), tokenBytes = s.tokenBytes.slice(), added = s.added.slice();
+    for (const content of tokens) {
+      if (this.tokenIds.has(content)) continue;
+      added.push({ id: vocab.length, content, special: true });
+      vocab.push(content);
+      tokenBytes.push(utf8Encoder.encode(content));
+    }
+    return new Tokenizer({ ...s, vocab, tokenBytes, added, chatTemplate });
+  }
+
   // ---------------------------------------------------------------- serialization
 
   save(dir: string): void {
