@@ -140,13 +140,20 @@ describe('setup_chat_format: sft and lora on the imported stories260K', () => {
     disposeParams(ck.params);
 
     const loraOut = join(TMP, 'lora');
-    const l = await lora(loraConfig(dir, loraOut, { train: { max_steps: 2 }, data: { max_rows: 8 }, lora: { target_modules: ['q', 'v'] } }), { quiet: true });
+    const counts: number[] = [];
+    const l = await lora(loraConfig(dir, loraOut, { train: { max_steps: 4 }, data: { max_rows: 8 }, lora: { target_modules: ['q', 'v'] } }), { quiet: true, onStep: () => counts.push(tf.memory().numTensors) });
     assert.ok(l.losses.every(Number.isFinite));
+    assert.equal(new Set(counts.slice(1)).size, 1, `tensor counts per step: ${counts}`);
+    // Trainable: the adapter (5 layers × q, v: 4·64 + 4·64 and 4·64 + 4·32) and the grown embedding (514 × 64).
+    assert.equal(l.trainableParams, 5 * (512 + 384) + 514 * 64);
     const acfg = JSON.parse(readFileSync(join(loraOut, 'adapter_config.json'), 'utf8'));
     assert.deepEqual(acfg.modules_to_save, ['embed_tokens']);
     assert.deepEqual(acfg.target_modules, ['q_proj', 'v_proj']);
     const st = readSafetensors(join(loraOut, 'adapter_model.safetensors')).tensors;
     assert.deepEqual(st['base_model.model.model.embed_tokens.weight']!.shape, [514, 64]);
+    // The two new rows started equal (the mean); training moved them apart.
+    const emb = st['base_model.model.model.embed_tokens.weight']!.data as Float32Array;
+    assert.ok(emb.slice(512 * 64, 513 * 64).some((v, j) => Math.abs(v - emb[513 * 64 + j]!) > 1e-4), 'the chat-token embeddings trained');
     assert.deepEqual(st['base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight']!.shape, [4, 64]);
     assert.ok(!existsSync(join(loraOut, 'model.safetensors')));
     // The adapter dir alone: base found from adapter_config, grown to the adapter's vocabulary.
