@@ -27,13 +27,14 @@ import {
   renderTemplate,
 } from './chat.js';
 import { parseLlama2cTokenizer } from './llama2c.js';
+import { GPT2_SPLIT_REGEX_SOURCE, type PreTokenizer, byteLevelPreTokenizer } from './pretokenize.js';
 import { trainByteBpe } from './train.js';
 import { TextStreamer, type StreamerOptions } from './streamer.js';
 
 export type TokenizerKind = 'byte_level' | 'sentencepiece';
 
 /** GPT-2 pre-tokenization (same pattern as tiktoken r50k_base). */
-export const GPT2_SPLIT_REGEX = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+export const GPT2_SPLIT_REGEX = new RegExp(GPT2_SPLIT_REGEX_SOURCE, 'gu');
 
 const UNK = '<unk>';
 const BOS = '<s>';
@@ -98,6 +99,10 @@ interface TokenizerSpec {
   metaspace?: 'always' | 'first' | undefined;
   /** The tokenizer puts BOS in front of every encoded text by default (HF: the post-processor / add_bos_token). */
   addBos: boolean;
+  /** byte_level only: a pre_tokenizer / normalizer other than GPT-2's plain ByteLevel (kept as JSON, written back as is). */
+  preTokenizerJson?: { pre_tokenizer: unknown; normalizer: unknown } | undefined;
+  /** HF BPE ignore_merges (Llama-3): a pre-token that is itself in the vocabulary is one token. */
+  ignoreMerges?: boolean | undefined;
 }
 
 export class Tokenizer {
@@ -123,6 +128,7 @@ export class Tokenizer {
   private readonly charIds = new Map<string, number>();
   private readonly unkId: number | undefined;
   private readonly wordCache = new Map<string, number[]>();
+  private readonly pre: PreTokenizer | undefined;
 
   private constructor(spec: TokenizerSpec) {
     this.spec = spec;
@@ -154,6 +160,7 @@ export class Tokenizer {
       this.addedRegex = new RegExp(alts.join('|'), 'g');
     }
 
+    this.pre = spec.preTokenizerJson ? byteLevelPreTokenizer(spec.preTokenizerJson.pre_tokenizer, spec.preTokenizerJson.normalizer) : undefined;
     if (spec.kind === 'byte_level') {
       for (let b = 0; b < 256; b++) {
         const id = this.tokenIds.get(BYTE_TO_UNICODE[b]!);
@@ -398,12 +405,16 @@ export class Tokenizer {
     let addPrefixSpace = false;
     let spaceSymbol = ' ';
     let metaspace: 'always' | 'first' | undefined;
+    let preTokenizerJson: TokenizerSpec['preTokenizerJson'];
     if (kind === 'byte_level') {
       const pre = root['pre_tokenizer'] as Record<string, unknown> | null | undefined;
-      if (!pre || pre['type'] !== 'ByteLevel') {
-        throw new Error('byte-level BPE needs a plain ByteLevel pre_tokenizer (others are not supported)');
+      const norm = root['normalizer'] ?? null;
+      if (pre && pre['type'] === 'ByteLevel' && pre['use_regex'] !== false && norm === null) {
+        addPrefixSpace = pre['add_prefix_space'] === true; // GPT-2's own: the fast path
+      } else {
+        preTokenizerJson = { pre_tokenizer: pre, normalizer: norm };
+        byteLevelPreTokenizer(pre, norm); // fail here, naming what is unsupported
       }
-      addPrefixSpace = pre['add_prefix_space'] === true;
     } else {
       // Our files: Prepend " ". HF Llama files: Prepend "▁" + Replace " " -> "▁".
       const norms = normalizerList(root['normalizer']);
@@ -510,6 +521,8 @@ export class Tokenizer {
       addPrefixSpace,
       spaceSymbol,
       metaspace,
+      preTokenizerJson,
+      ignoreMerges: model['ignore_merges'] === true,
       addBos: bosId !== undefined && (typeof cfg['add_bos_token'] === 'boolean' ? cfg['add_bos_token'] : postProcessorAddsBos(root['post_processor'], vocab[bosId]!)),
     });
   }
@@ -581,6 +594,7 @@ export class Tokenizer {
       end_of_word_suffix: null,
       fuse_unk: !byteLevel,
       byte_fallback: !byteLevel,
+      ...(s.ignoreMerges ? { ignore_merges: true } : {}),
       vocab,
       merges,
     };
@@ -590,8 +604,8 @@ export class Tokenizer {
         truncation: null,
         padding: null,
         added_tokens,
-        normalizer: null,
-        pre_tokenizer: { type: 'ByteLevel', add_prefix_space: s.addPrefixSpace, trim_offsets: true, use_regex: true },
+        normalizer: s.preTokenizerJson?.normalizer ?? null,
+        pre_tokenizer: s.preTokenizerJson?.pre_tokenizer ?? { type: 'ByteLevel', add_prefix_space: s.addPrefixSpace, trim_offsets: true, use_regex: true },
         post_processor: null,
         decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
         model,
@@ -704,6 +718,10 @@ export class Tokenizer {
       for (const id of this.mergeTable.apply(symbols)) out.push(id);
       return;
     }
+    if (this.pre) {
+      for (const w of this.pre.split(this.pre.normalize(text))) for (const id of this.encodeWord(w)) out.push(id);
+      return;
+    }
     const s = this.spec.addPrefixSpace && !text.startsWith(' ') ? ' ' + text : text;
     for (const m of s.matchAll(GPT2_SPLIT_REGEX)) {
       for (const id of this.encodeWord(m[0])) out.push(id);
@@ -714,6 +732,8 @@ export class Tokenizer {
     let ids = this.wordCache.get(word);
     if (ids !== undefined) return ids;
     const bytes = utf8Encoder.encode(word);
+    const whole = this.spec.ignoreMerges ? this.tokenIds.get(bytesToByteLevel(bytes)) : undefined;
+    if (whole !== undefined && !this.addedIds.has(bytesToByteLevel(bytes))) return [whole];
     const symbols = new Array<number>(bytes.length);
     for (let i = 0; i < bytes.length; i++) symbols[i] = this.byteIds[bytes[i]!]!;
     ids = this.mergeTable.apply(symbols);
