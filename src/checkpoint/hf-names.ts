@@ -374,8 +374,9 @@ export function fromFileTensors(c: ModelConfig, file: Record<string, TensorData>
       const module = name.slice(0, dot), kind = name.slice(dot + 1);
       const fileName = `${hfModuleName(c, module)}.${kind}`;
       const linear = /_proj$|^lm_head$/.test(module) && kind === 'weight';
-      if (kind === 'bias' && !(fileName in file)) {
-        // bias: true covers all linears; Qwen2-style files carry q/k/v biases only — the rest are zero.
+      if (kind === 'bias' && !(fileName in file) && /(attn\.o_proj|mlp\.\w+_proj)$/.test(module)) {
+        // bias: true covers all linears; Qwen2-style files (and attention_bias without mlp_bias) carry q/k/v
+        // biases only — the others are zero.
         out[name] = { shape: expected[name]!, data: new Float32Array(expected[name]![0]!) };
         continue;
       }
