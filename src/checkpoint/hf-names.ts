@@ -175,7 +175,10 @@ function configFromHf(raw: Record<string, unknown>, path: string): ModelConfig {
   if (!LLAMA_TYPES.has(type)) fail('model_type', `${JSON.stringify(type)} is not supported (supported: llama, mistral, qwen2 — Llama family — and gpt2)`);
   const act = raw.hidden_act ?? 'silu';
   if (act !== 'silu') fail('hidden_act', `${JSON.stringify(act)} is not supported (SwiGLU with silu only)`);
-  if (raw.rope_scaling !== undefined && raw.rope_scaling !== null) fail('rope_scaling', `${JSON.stringify(raw.rope_scaling)} is not supported (plain RoPE only)`);
+  const scaling = raw.rope_scaling as Record<string, unknown> | null | undefined;
+  const plainRope = scaling === undefined || scaling === null || (scaling.rope_type ?? scaling.type) === 'default';
+  if (!plainRope) fail('rope_scaling', `${JSON.stringify(raw.rope_scaling)} is not supported (plain RoPE only)`);
+  if (raw.rope_interleaved === true) fail('rope_interleaved', 'true is not supported (HF rotate-half RoPE only)');
   const ctx = num('max_position_embeddings');
   const window = raw.sliding_window;
   const windowOn = type === 'qwen2' ? raw.use_sliding_window === true : true;
