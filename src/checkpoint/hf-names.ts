@@ -120,6 +120,15 @@ export function hfConfig(c: ModelConfig, ids: SpecialTokenIds): Record<string, u
 }
 
 /**
+ * generation_config.json: the special ids, with every token that ends a turn as eos (ChatML's <|im_end|>
+ * beside the EOS token), so HF generate stops where llmctl generate does.
+ */
+export function hfGenerationConfig(ids: SpecialTokenIds & { stop: readonly number[] }): Record<string, unknown> {
+  const eos = [...new Set([ids.eos, ...ids.stop])];
+  return { bos_token_id: ids.bos ?? ids.eos, eos_token_id: eos.length === 1 ? eos[0] : eos, pad_token_id: ids.pad };
+}
+
+/**
  * ModelConfig from a config.json: the project's fields when present (files written by llmctl), otherwise
  * Hugging Face's for a supported architecture. Unsupported options throw `path: field: reason`.
  */
