@@ -283,7 +283,7 @@ function foldKvHeads(t: HostTensor, nKv: number, nHead: number, hd: number, name
   return t.shape.length === 1 ? { shape: [nKv * hd], data: Float32Array.from(parts.flatMap((p) => Array.from(p.data))) } : concatCols(parts);
 }
 
-/** In-memory module name (h.0.attn.q_proj) → HF module name, for Llama; GPT-2 q/k/v have no own module. */
+/** In-memory module name (h.0.attn.q_proj) → HF module name; GPT-2 q, k and v all map to the fused attn.c_attn. */
 export function hfModuleName(c: ModelConfig, module: string): string {
   if (module === 'lm_head') return 'lm_head';
   if (module === 'wte') return c.arch === 'llama' ? 'model.embed_tokens' : 'transformer.wte';
