@@ -157,11 +157,12 @@ describe('byte-level files of other families: regex Split pre-tokenizers, Digits
   const byteLevel = (use_regex: boolean) => ({ type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex });
   const bos = { type: 'TemplateProcessing', single: [{ SpecialToken: { id: '<|endoftext|>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }], pair: [], special_tokens: { '<|endoftext|>': { id: '<|endoftext|>', ids: [base.eosId], tokens: ['<|endoftext|>'] } } };
   const variants: Array<[string, Record<string, any>, boolean]> = [
-    ['Llama-3 (Split regex with (?i:…), ignore_merges, BOS post-processor)', { ...json, pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: LLAMA3_SPLIT }, behavior: 'Isolated', invert: false }, byteLevel(false)] }, post_processor: { type: 'Sequence', processors: [{ type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true }, bos] }, model: { ...json.model, ignore_merges: true } }, true],
+    ['Llama-3 (Split regex with (?i:…), ignore_merges, BOS post-processor)', { ...json, pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: LLAMA3_SPLIT }, behavior: 'Isolated', invert: false }, byteLevel(false)] }, post_processor: { type: 'Sequence', processors: [{ type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true }, bos] }, model: { ...json.model, ignore_merges: true, vocab: { ...json.model.vocab, '\u0120zzqq': 1024 } } }, true],
     ['Qwen2 (NFC, Split regex of single digits)', { ...json, normalizer: { type: 'NFC' }, pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: QWEN2_SPLIT }, behavior: 'Isolated', invert: false }, byteLevel(false)] } }, false],
     ['Digits + ByteLevel (individual digits)', { ...json, pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Digits', individual_digits: true }, byteLevel(true)] } }, false],
   ];
-  const sample = [...TEXTS.filter((_, i) => i % 4 === 0), ...EDGE, 'Ünïcödé e\u0301 vs é 12345678 x1y22z333 I\'M SHE\'LL'];
+  // ' zzqq' is in the Llama-3 variant's vocabulary (id 1024) but no merge builds it: only ignore_merges finds it.
+  const sample = [...TEXTS.filter((_, i) => i % 4 === 0), ...EDGE, 'Ünïcödé e\u0301 vs é 12345678 x1y22z333 I\'M SHE\'LL', 'a zzqq b zzqqq'];
   for (const [label, file, withBos] of variants) {
     test(label, () => {
       const cfg = withBos ? { ...(base.toConfigJSON() as object), bos_token: '<|endoftext|>', add_bos_token: undefined } : base.toConfigJSON();
@@ -171,6 +172,7 @@ describe('byte-level files of other families: regex Split pre-tokenizers, Digits
       compare(ours, hf, sample, false);
       if (withBos) compare(ours, hf, sample.slice(0, 200), true);
       assert.deepEqual(JSON.parse(JSON.stringify(ours.toJSON())).pre_tokenizer, file.pre_tokenizer, 'written back as read');
+      if (file.model.ignore_merges) assert.ok(ours.encode('a zzqq b').includes(1024), 'ignore_merges: the whole pre-token is one token');
     });
   }
   test('unsupported pre-tokenizers and normalizers are named', () => {
