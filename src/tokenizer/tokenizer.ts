@@ -569,7 +569,8 @@ export class Tokenizer {
       const charAt: number[] = [];
       let ci = 0;
       for (const ch of seg) {
-        for (let k = utf8Encoder.encode(ch).length; k > 0; k--) charAt.push(ci);
+        const cp = ch.codePointAt(0)!;
+        for (let k = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; k > 0; k--) charAt.push(ci);
         ci += ch.length;
       }
       const total = segIds.reduce((nb, t) => nb + this.spec.tokenBytes[t]!.length, 0);
