@@ -344,7 +344,7 @@ describe('export → import round trips', () => {
 });
 
 describe('llmctl import --format hf (CLI)', () => {
-  const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', 'import', '--format', 'hf', ...args], { cwd: REPO, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+  const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', 'import', '--format', 'hf', '--backend', 'wasm', ...args], { cwd: REPO, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
 
   test('imports a directory; an unsupported option is one line naming the file and field, exit 2', () => {
     const dir = fresh('cli-llama');
