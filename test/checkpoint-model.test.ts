@@ -172,6 +172,9 @@ describe('on-disk layout (Hugging Face names and orientation, src/checkpoint/hf-
     assert.equal(c2.activation_function, 'gelu_new');
     assert.equal(c2.tie_word_embeddings, true);
     assert.equal(c2.eos_token_id, eot);
+    // generation_config.json: HF generate stops on <|im_end|> too (a chat turn's end), as llmctl generate does.
+    const g = JSON.parse(readFileSync(join(d2, 'generation_config.json'), 'utf8')) as Record<string, unknown>;
+    assert.deepEqual(g, { bos_token_id: eot, eos_token_id: [eot, TOKENIZER.tokenToId('<|im_end|>')], pad_token_id: eot });
     disposeParams(p2);
   });
 });
@@ -186,7 +189,7 @@ describe('manifest', () => {
     assert.equal(pm.parent, null);
     assert.deepEqual(pm.config, { note: 'unit test' });
     assert.equal(pm.versions.backend, 'wasm');
-    assert.deepEqual(Object.keys(pm.files).sort(), ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']);
+    assert.deepEqual(Object.keys(pm.files).sort(), ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']);
     for (const [f, d] of Object.entries(pm.files)) {
       const buf = readFileSync(join(parentDir, f));
       assert.equal(d.bytes, buf.length, f);

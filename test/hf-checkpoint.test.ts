@@ -123,6 +123,7 @@ describe('config.json errors name the field', () => {
     [{ ...llama, model_type: 'mixtral' }, /cfg\.json: model_type: "mixtral" is not supported/],
     [{ ...llama, rope_scaling: { type: 'linear', factor: 2 } }, /cfg\.json: rope_scaling: .* is not supported/],
     [{ ...llama, hidden_act: 'gelu' }, /cfg\.json: hidden_act: "gelu" is not supported/],
+    [{ ...llama, rope_interleaved: true }, /cfg\.json: rope_interleaved: true is not supported/],
     [{ ...llama, head_dim: 8 }, /cfg\.json: head_dim: 8 != hidden_size/],
     [{ ...llama, model_type: 'mistral', sliding_window: 4 }, /cfg\.json: sliding_window: 4 < max_position_embeddings 16/],
     [{ ...llama, hidden_size: undefined }, /cfg\.json: hidden_size: missing/],
@@ -132,6 +133,7 @@ describe('config.json errors name the field', () => {
     for (const [raw, re] of bad) assert.throws(() => modelConfigFromJson(raw, 'cfg.json'), re);
     // Defaults of each family where a field is absent.
     const c = modelConfigFromJson(llama, 'cfg.json');
+    assert.deepEqual(modelConfigFromJson({ ...llama, rope_scaling: { rope_type: 'default' } }, 'cfg.json'), c);
     assert.deepEqual([c.n_kv_head, c.norm_eps, c.rope_theta, c.tie_embeddings, c.bias], [2, 1e-6, 10000, false, false]);
     const q = modelConfigFromJson({ ...llama, model_type: 'qwen2', sliding_window: 4, use_sliding_window: false, tie_word_embeddings: true }, 'cfg.json');
     assert.deepEqual([q.bias, q.tie_embeddings], [true, true]);

@@ -231,7 +231,7 @@ function maxDiff(ref: Float64Array[], ours: Float32Array): number {
 }
 
 describe('hand-written Hugging Face directories import with the reference logits', () => {
-  test('LlamaForCausalLM: GQA, untied, BF16 + F16 + F32 tensors, two shards', () => {
+  test('LlamaForCausalLM: GQA, untied, BF16 + F16 + F32 tensors, two shards', (t) => {
     const dir = fresh('llama');
     const T = writeLlamaDir(dir);
     const m = importHf(dir);
@@ -241,6 +241,7 @@ describe('hand-written Hugging Face directories import with the reference logits
     const diff = maxDiff(ref, ourLogits(m.params, m.config, IDS));
     const scale = Math.max(...ref.flatMap((r) => Array.from(r, Math.abs)));
     assert.ok(diff < 1e-4 * Math.max(1, scale), `max |Δlogit| ${diff} (logits up to ${scale})`);
+    t.diagnostic(`llama: max |Δlogit| vs the float64 reference ${diff.toExponential(2)} (|logit| up to ${scale.toFixed(2)})`);
     assert.ok(scale > 1, 'logits are not trivially small');
     disposeParams(m.params);
   });
@@ -297,7 +298,7 @@ describe('hand-written Hugging Face directories import with the reference logits
     disposeParams(qm.params);
   });
 
-  test("GPT2LMHeadModel: Conv1D [in, out], fused c_attn, F16, OpenAI's unprefixed names, padded vocab", () => {
+  test("GPT2LMHeadModel: Conv1D [in, out], fused c_attn, F16, OpenAI's unprefixed names, padded vocab", (t) => {
     const dir = fresh('gpt2');
     const T = writeGpt2Dir(dir);
     const m = importHf(dir);
@@ -306,6 +307,7 @@ describe('hand-written Hugging Face directories import with the reference logits
     const ref = gpt2Reference(T, GPT2_CFG, ids);
     const diff = maxDiff(ref, ourLogits(m.params, m.config, ids));
     assert.ok(diff < 1e-4, `max |Δlogit| ${diff}`);
+    t.diagnostic(`gpt2: max |Δlogit| vs the float64 reference ${diff.toExponential(2)}`);
     disposeParams(m.params);
   });
 });
@@ -342,7 +344,7 @@ describe('export → import round trips', () => {
 });
 
 describe('llmctl import --format hf (CLI)', () => {
-  const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', 'import', '--format', 'hf', ...args], { cwd: REPO, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+  const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', 'import', '--format', 'hf', '--backend', 'wasm', ...args], { cwd: REPO, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
 
   test('imports a directory; an unsupported option is one line naming the file and field, exit 2', () => {
     const dir = fresh('cli-llama');

@@ -148,3 +148,35 @@ describe('sentencepiece-style BPE (llama2.c tok512, as imported)', () => {
     assert.deepEqual(m.toJSON(), meta);
   });
 });
+
+describe('byte-level files of other families: regex Split pre-tokenizers, Digits, NFC, ignore_merges', () => {
+  const base = Tokenizer.train([SHAKESPEARE.slice(0, 300_000)], { vocabSize: 1024 });
+  const json = base.toJSON() as Record<string, any>;
+  const LLAMA3_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+  const QWEN2_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+  const byteLevel = (use_regex: boolean) => ({ type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex });
+  const bos = { type: 'TemplateProcessing', single: [{ SpecialToken: { id: '<|endoftext|>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }], pair: [], special_tokens: { '<|endoftext|>': { id: '<|endoftext|>', ids: [base.eosId], tokens: ['<|endoftext|>'] } } };
+  const variants: Array<[string, Record<string, any>, boolean]> = [
+    ['Llama-3 (Split regex with (?i:…), ignore_merges, BOS post-processor)', { ...json, pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: LLAMA3_SPLIT }, behavior: 'Isolated', invert: false }, byteLevel(false)] }, post_processor: { type: 'Sequence', processors: [{ type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true }, bos] }, model: { ...json.model, ignore_merges: true, vocab: { ...json.model.vocab, '\u0120zzqq': 1024 } } }, true],
+    ['Qwen2 (NFC, Split regex of single digits)', { ...json, normalizer: { type: 'NFC' }, pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: QWEN2_SPLIT }, behavior: 'Isolated', invert: false }, byteLevel(false)] } }, false],
+    ['Digits + ByteLevel (individual digits)', { ...json, pre_tokenizer: { type: 'Sequence', pretokenizers: [{ type: 'Digits', individual_digits: true }, byteLevel(true)] } }, false],
+  ];
+  // ' zzqq' is in the Llama-3 variant's vocabulary (id 1024) but no merge builds it: only ignore_merges finds it.
+  const sample = [...TEXTS.filter((_, i) => i % 4 === 0), ...EDGE, 'Ünïcödé e\u0301 vs é 12345678 x1y22z333 I\'M SHE\'LL', 'a zzqq b zzqqq'];
+  for (const [label, file, withBos] of variants) {
+    test(label, () => {
+      const cfg = withBos ? { ...(base.toConfigJSON() as object), bos_token: '<|endoftext|>', add_bos_token: undefined } : base.toConfigJSON();
+      const ours = Tokenizer.fromJSON(JSON.parse(JSON.stringify(file)), JSON.parse(JSON.stringify(cfg)));
+      assert.equal(ours.addBos, withBos);
+      const hf = new HfTokenizer(JSON.parse(JSON.stringify(file)), JSON.parse(JSON.stringify(cfg)));
+      compare(ours, hf, sample, false);
+      if (withBos) compare(ours, hf, sample.slice(0, 200), true);
+      assert.deepEqual(JSON.parse(JSON.stringify(ours.toJSON())).pre_tokenizer, file.pre_tokenizer, 'written back as read');
+      if (file.model.ignore_merges) assert.ok(ours.encode('a zzqq b').includes(1024), 'ignore_merges: the whole pre-token is one token');
+    });
+  }
+  test('unsupported pre-tokenizers and normalizers are named', () => {
+    assert.throws(() => Tokenizer.fromJSON({ ...json, pre_tokenizer: { type: 'Whitespace' } }), /pre_tokenizer .*Whitespace|ByteLevel/);
+    assert.throws(() => Tokenizer.fromJSON({ ...json, normalizer: { type: 'Lowercase' } }), /normalizer Lowercase is not supported/);
+  });
+});

@@ -120,6 +120,15 @@ export function hfConfig(c: ModelConfig, ids: SpecialTokenIds): Record<string, u
 }
 
 /**
+ * generation_config.json: the special ids, with every token that ends a turn as eos (ChatML's <|im_end|>
+ * beside the EOS token), so HF generate stops where llmctl generate does.
+ */
+export function hfGenerationConfig(ids: SpecialTokenIds & { stop: readonly number[] }): Record<string, unknown> {
+  const eos = [...new Set([ids.eos, ...ids.stop])];
+  return { bos_token_id: ids.bos ?? ids.eos, eos_token_id: eos.length === 1 ? eos[0] : eos, pad_token_id: ids.pad };
+}
+
+/**
  * ModelConfig from a config.json: the project's fields when present (files written by llmctl), otherwise
  * Hugging Face's for a supported architecture. Unsupported options throw `path: field: reason`.
  */
@@ -175,7 +184,10 @@ function configFromHf(raw: Record<string, unknown>, path: string): ModelConfig {
   if (!LLAMA_TYPES.has(type)) fail('model_type', `${JSON.stringify(type)} is not supported (supported: llama, mistral, qwen2 — Llama family — and gpt2)`);
   const act = raw.hidden_act ?? 'silu';
   if (act !== 'silu') fail('hidden_act', `${JSON.stringify(act)} is not supported (SwiGLU with silu only)`);
-  if (raw.rope_scaling !== undefined && raw.rope_scaling !== null) fail('rope_scaling', `${JSON.stringify(raw.rope_scaling)} is not supported (plain RoPE only)`);
+  const scaling = raw.rope_scaling as Record<string, unknown> | null | undefined;
+  const plainRope = scaling === undefined || scaling === null || (scaling.rope_type ?? scaling.type) === 'default';
+  if (!plainRope) fail('rope_scaling', `${JSON.stringify(raw.rope_scaling)} is not supported (plain RoPE only)`);
+  if (raw.rope_interleaved === true) fail('rope_interleaved', 'true is not supported (HF rotate-half RoPE only)');
   const ctx = num('max_position_embeddings');
   const window = raw.sliding_window;
   const windowOn = type === 'qwen2' ? raw.use_sliding_window === true : true;
@@ -271,7 +283,7 @@ function foldKvHeads(t: HostTensor, nKv: number, nHead: number, hd: number, name
   return t.shape.length === 1 ? { shape: [nKv * hd], data: Float32Array.from(parts.flatMap((p) => Array.from(p.data))) } : concatCols(parts);
 }
 
-/** In-memory module name (h.0.attn.q_proj) → HF module name, for Llama; GPT-2 q/k/v have no own module. */
+/** In-memory module name (h.0.attn.q_proj) → HF module name; GPT-2 q, k and v all map to the fused attn.c_attn. */
 export function hfModuleName(c: ModelConfig, module: string): string {
   if (module === 'lm_head') return 'lm_head';
   if (module === 'wte') return c.arch === 'llama' ? 'model.embed_tokens' : 'transformer.wte';
@@ -374,8 +386,9 @@ export function fromFileTensors(c: ModelConfig, file: Record<string, TensorData>
       const module = name.slice(0, dot), kind = name.slice(dot + 1);
       const fileName = `${hfModuleName(c, module)}.${kind}`;
       const linear = /_proj$|^lm_head$/.test(module) && kind === 'weight';
-      if (kind === 'bias' && !(fileName in file)) {
-        // bias: true covers all linears; Qwen2-style files carry q/k/v biases only — the rest are zero.
+      if (kind === 'bias' && !(fileName in file) && /(attn\.o_proj|mlp\.\w+_proj)$/.test(module)) {
+        // bias: true covers all linears; Qwen2-style files (and attention_bias without mlp_bias) carry q/k/v
+        // biases only — the others are zero.
         out[name] = { shape: expected[name]!, data: new Float32Array(expected[name]![0]!) };
         continue;
       }
@@ -449,6 +462,8 @@ export interface PeftLayout {
   rank_pattern: Record<string, number>;
   alpha_pattern: Record<string, number>;
   fan_in_fan_out: boolean;
+  /** Whole modules trained beside the adapter (the embedding after setup_chat_format): PEFT's modules_to_save. */
+  modules_to_save: string[] | null;
 }
 
 const zeros = (shape: number[]): HostTensor => ({ shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
@@ -475,8 +490,16 @@ function sliceRows(t: HostTensor, r0: number, n: number): HostTensor {
 /** In-memory adapter → PEFT tensors and the adapter_config fields that depend on the architecture. */
 export function toPeft(c: ModelConfig, lora: Record<string, HostTensor>, r: number, alpha: number): PeftLayout {
   const tensors: Record<string, HostTensor> = {};
-  const modules = [...new Set(Object.keys(lora).map((k) => k.replace(/\.lora_[AB]$/, '')))];
+  const modules = [...new Set(Object.keys(lora).filter((k) => /\.lora_[AB]$/.test(k)).map((k) => k.replace(/\.lora_[AB]$/, '')))];
   const targets = new Set<string>();
+  const saved: string[] = [];
+  for (const name of Object.keys(lora).filter((k) => !/\.lora_[AB]$/.test(k))) {
+    // A whole tensor (wte.weight, lm_head.weight): PEFT stores modules_to_save under the module's own key.
+    const module = name.replace(/\.weight$/, '');
+    const hf = hfModuleName(c, module);
+    tensors[`${PEFT_PREFIX}${hf}.weight`] = module === 'lm_head' ? transpose2d(lora[name]!) : lora[name]!;
+    saved.push(hf.split('.').pop()!);
+  }
   const hd = c.n_embd / c.n_head;
   const fusedLayers = new Set<number>();
   for (const m of modules) {
@@ -514,7 +537,7 @@ export function toPeft(c: ModelConfig, lora: Record<string, HostTensor>, r: numb
     rank_pattern['attn.c_attn'] = 3 * rb;
     alpha_pattern['attn.c_attn'] = (3 * rb * alpha) / r;
   }
-  return { tensors, target_modules: [...targets].sort(), rank_pattern, alpha_pattern, fan_in_fan_out: c.arch === 'gpt2' };
+  return { tensors, target_modules: [...targets].sort(), rank_pattern, alpha_pattern, fan_in_fan_out: c.arch === 'gpt2', modules_to_save: saved.length ? saved.sort() : null };
 }
 
 /** The per-module entry of a PEFT rank/alpha pattern that applies to an HF module name (suffix match, as PEFT). */
@@ -534,9 +557,15 @@ export function fromPeft(c: ModelConfig, file: Record<string, TensorData>, peft:
   const out: Record<string, HostTensor> = {};
   const scale = peft.lora_alpha / peft.r;
   const byModule = new Map<string, { A?: HostTensor; B?: HostTensor }>();
+  const whole = new Map<string, HostTensor>();
   for (const [key, t] of Object.entries(file)) {
     const m = /^base_model\.model\.(.+)\.lora_([AB])(?:\.default)?\.weight$/.exec(key);
-    if (!m) throw new Error(`${path}: unexpected tensor '${key}'`);
+    if (!m) {
+      const w = /^base_model\.model\.(.+)\.weight$/.exec(key);
+      if (!w) throw new Error(`${path}: unexpected tensor '${key}'`);
+      whole.set(w[1]!, { shape: t.shape.slice(), data: toFloat32(t) });
+      continue;
+    }
     const e = byModule.get(m[1]!) ?? {};
     e[m[2] as 'A' | 'B'] = { shape: t.shape.slice(), data: toFloat32(t) };
     byModule.set(m[1]!, e);
@@ -582,6 +611,12 @@ export function fromPeft(c: ModelConfig, file: Record<string, TensorData>, peft:
     if (!mem) throw new Error(`${path}: adapter targets '${hf}', which this ${c.arch} model does not have`);
     out[`${mem}.lora_A`] = transpose2d(A);
     out[`${mem}.lora_B`] = transpose2d(fix(B));
+  }
+  for (const [hf, t] of whole) {
+    const mem = toMemory.get(hf) ?? (c.arch === 'gpt2' ? toMemory.get(`transformer.${hf}`) : undefined);
+    if (mem !== 'wte' && mem !== 'lm_head') throw new Error(`${path}: whole-module tensor '${hf}.weight' is not supported (only the embedding and lm_head as modules_to_save)`);
+    if (t.shape.length !== 2) throw new Error(`${path}: '${hf}.weight' has shape [${t.shape}], expected a matrix`);
+    out[`${mem}.weight`] = mem === 'lm_head' ? transpose2d(t) : t;
   }
   return out;
 }

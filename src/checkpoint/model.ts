@@ -1,6 +1,7 @@
 /**
  * The one checkpoint reader/writer. A checkpoint directory holds:
  *   config.json        Hugging Face config for the architecture + the project's fields (hf-names.ts)
+ *   generation_config.json  special ids for HF generate (eos includes <|im_end|> where the vocabulary has it)
  *   model.safetensors  weights, F32, with LlamaForCausalLM / GPT2LMHeadModel names and orientation (hf-names.ts);
  *                      reading also takes sharded files (model.safetensors.index.json), F16/BF16 and the legacy layout
  *   tokenizer.json (+ tokenizer_config.json)
@@ -15,18 +16,19 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { activeBackend } from '../backend/index.js';
 import type { ModelConfig } from '../model/gpt.js';
-import { Tokenizer } from '../tokenizer/index.js';
+import { IM_END, Tokenizer } from '../tokenizer/index.js';
 import { sha256File, writeDirAtomic } from './dir.js';
 import { type OutputOptions, closeOutputDir, isOutputOpen, openOutputDir } from './output.js';
 import { assertFinite, prepareToLoad } from './verify.js';
 import { type Manifest, type TrainerState, createManifest, readJson, readManifest, readTrainerState, writeJson, writeManifest, writeTrainerState } from './manifest.js';
-import { type HostTensor, fromFileTensors, hfConfig, modelConfigFromJson, toHfTensors } from './hf-names.js';
+import { type HostTensor, fromFileTensors, hfConfig, hfGenerationConfig, modelConfigFromJson, toHfTensors } from './hf-names.js';
 import { type TensorData, readSafetensors, toFloat32, writeSafetensors } from './safetensors.js';
 
 export const MODEL_FILE = 'model.safetensors';
 export const MODEL_INDEX_FILE = 'model.safetensors.index.json';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
 export const CONFIG_FILE = 'config.json';
+export const GENERATION_CONFIG_FILE = 'generation_config.json';
 export const METRICS_FILE = 'metrics.jsonl';
 
 const require = createRequire(import.meta.url);
@@ -103,6 +105,9 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
   await writeDirAtomic(dir, async (tmp) => {
     const files = [CONFIG_FILE];
     writeJson(join(tmp, CONFIG_FILE), configJson(o.config, o.tokenizer));
+    const imEnd = o.tokenizer.tokenToId(IM_END);
+    writeJson(join(tmp, GENERATION_CONFIG_FILE), hfGenerationConfig({ bos: o.tokenizer.bosId, eos: o.tokenizer.eosId, pad: o.tokenizer.padId, stop: imEnd === undefined ? [] : [imEnd] }));
+    files.push(GENERATION_CONFIG_FILE);
     if (weights) {
       writeSafetensors(join(tmp, MODEL_FILE), weights, { format: 'pt', producer: 'llmctl' });
       files.push(MODEL_FILE);

@@ -359,6 +359,15 @@ export function f32ToF16(value: number): number {
   return sign | out;
 }
 
+let F16_TABLE: Float32Array | undefined;
+function f16Table(): Float32Array {
+  if (!F16_TABLE) {
+    F16_TABLE = new Float32Array(65536);
+    for (let b = 0; b < 65536; b++) F16_TABLE[b] = f16ToF32(b);
+  }
+  return F16_TABLE;
+}
+
 const FLOAT_DTYPES: ReadonlySet<DType> = new Set(['F32', 'F16', 'BF16', 'F64']);
 
 /** Float32 values of a float tensor (F32 is returned as-is, not copied). Throws for integer dtypes. */
@@ -368,10 +377,18 @@ export function toFloat32(t: TensorData): Float32Array {
       return t.data as Float32Array;
     case 'F64':
       return Float32Array.from(t.data as Float64Array);
-    case 'F16':
-      return Float32Array.from(t.data as Uint16Array, f16ToF32);
-    case 'BF16':
-      return Float32Array.from(t.data as Uint16Array, bf16ToF32);
+    case 'F16': {
+      // A 64K-entry table: a lookup per element instead of a function call (imports of large models).
+      const table = f16Table(), src = t.data as Uint16Array, out = new Float32Array(src.length);
+      for (let i = 0; i < src.length; i++) out[i] = table[src[i]!]!;
+      return out;
+    }
+    case 'BF16': {
+      // bf16 is the top half of an f32: shift the bits into place.
+      const src = t.data as Uint16Array, bits = new Uint32Array(src.length);
+      for (let i = 0; i < src.length; i++) bits[i] = src[i]! << 16;
+      return new Float32Array(bits.buffer);
+    }
     default:
       throw new Error(`toFloat32: dtype ${t.dtype} is not a float dtype (expected one of ${[...FLOAT_DTYPES].join(', ')})`);
   }

@@ -19,6 +19,8 @@ import { CONFIG_FILE, type LoadedCheckpoint, disposeParams, hostToTensorData, lo
 import { readSafetensors, writeSafetensors } from '../checkpoint/safetensors.js';
 import { assertFinite, prepareToLoad } from '../checkpoint/verify.js';
 import { Rng } from '../util/rng.js';
+import { Tokenizer } from '../tokenizer/index.js';
+import { resizeVocab } from './chat-format.js';
 import type { ModelConfig, Params } from './gpt.js';
 import { paramShapes } from './gpt.js';
 
@@ -83,7 +85,7 @@ export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel:
     alpha_pattern: peft.alpha_pattern,
     bias: 'none',
     fan_in_fan_out: peft.fan_in_fan_out,
-    modules_to_save: null,
+    modules_to_save: peft.modules_to_save,
     init_lora_weights: true,
     use_rslora: false,
     use_dora: false,
@@ -129,17 +131,36 @@ export function loadAdapter(dir: string, model?: ModelConfig): { lora: Params; c
     assertFinite(path, k, t.data);
     lora[k] = tf.tensor(t.data, t.shape, 'float32');
   }
-  const targets = [...new Set(Object.keys(lora).map((k) => k.replace(/\.lora_[AB]$/, '').split('.').pop()!))];
+  const targets = [...new Set(Object.keys(lora).filter((k) => /\.lora_[AB]$/.test(k)).map((k) => k.replace(/\.lora_[AB]$/, '').split('.').pop()!))];
   const config: LoraConfig = { r: raw.r, alpha: raw.lora_alpha, dropout: Number(raw.lora_dropout ?? 0), target_modules: targets };
   return { lora, config, baseModel };
 }
 
-/** Every adapted module must exist in the base model. */
+/** Every adapted module must exist in the base model; whole tensors saved with the adapter must fit it. */
 export function checkAdapterTargets(base: Params, lora: Params, adapterDir: string, baseDir = 'the base model'): void {
-  for (const name of Object.keys(lora)) {
+  for (const [name, t] of Object.entries(lora)) {
+    if (!/\.lora_[AB]$/.test(name)) {
+      const b = base[name];
+      if (!b || b.shape.join(',') !== t.shape.join(',')) throw new Error(`${adapterDir}: adapter holds '${name}' [${t.shape}], which ${baseDir} has as [${b?.shape ?? 'nothing'}]`);
+      continue;
+    }
     const module = name.replace(/\.lora_[AB]$/, '');
     if (!base[`${module}.weight`]) throw new Error(`${adapterDir}: adapter targets '${module}', which ${baseDir} does not have`);
   }
+}
+
+/**
+ * A base checkpoint made to fit an adapter trained after setup_chat_format: when the adapter dir's
+ * config.json has a larger vocabulary, the base's embedding (and untied head) grow to it — the rows come
+ * from the adapter's saved embedding — and the adapter's tokenizer (with the chat tokens) is used.
+ */
+export function alignBaseToAdapter(model: LoadedCheckpoint, adapterDir: string): LoadedCheckpoint {
+  if (!existsSync(join(adapterDir, CONFIG_FILE)) || !existsSync(join(adapterDir, 'tokenizer.json'))) return model;
+  const ac = readModelConfig(adapterDir);
+  if (ac.vocab_size === model.config.vocab_size) return model;
+  if (ac.vocab_size < model.config.vocab_size) throw new Error(`${join(adapterDir, CONFIG_FILE)}: vocab_size ${ac.vocab_size} is smaller than the base's ${model.config.vocab_size}`);
+  const config = { ...model.config, vocab_size: ac.vocab_size };
+  return { ...model, config, params: resizeVocab(model.config, model.params, ac.vocab_size), tokenizer: Tokenizer.load(adapterDir) };
 }
 
 /** Base params + adapter entries, ready for forward(..., { loraScale: scale }). */
@@ -155,7 +176,7 @@ export function mergeAdapter(base: Params, lora: Params, scale: number): Params 
   for (const [name, w] of Object.entries(base)) {
     const module = name.endsWith('.weight') ? name.slice(0, -'.weight'.length) : undefined;
     const A = module && lora[`${module}.lora_A`], B = module && lora[`${module}.lora_B`];
-    merged[name] = A && B ? tf.tidy(() => tf.add(w, tf.mul(tf.matMul(A, B), scale))) : tf.clone(w);
+    merged[name] = lora[name] ? tf.clone(lora[name]!) : A && B ? tf.tidy(() => tf.add(w, tf.mul(tf.matMul(A, B), scale))) : tf.clone(w);
   }
   return merged;
 }
@@ -172,8 +193,9 @@ export function loadForInference(dir: string, adapterDir?: string): { model: Loa
     baseDir = loadAdapter(dir).baseModel;
     if (!baseDir) throw new Error(`${join(dir, ADAPTER_CONFIG_FILE)}: no base_model_name_or_path to load the base model from`);
   }
-  const model = loadCheckpoint(baseDir);
-  if (!adapterDir) return { model, dispose: () => disposeParams(model.params) };
+  const loaded = loadCheckpoint(baseDir);
+  if (!adapterDir) return { model: loaded, dispose: () => disposeParams(loaded.params) };
+  const model = alignBaseToAdapter(loaded, adapterDir);
   const adapter = applyAdapter(model.params, adapterDir, model.config);
   return {
     model: { ...model, params: adapter.params },

@@ -1,6 +1,11 @@
 /** Incremental decoding for generate/serve: print token by token, never half a character. */
 import { newUtf8Decoder } from './bytes.js';
-import type { Tokenizer } from './tokenizer.js';
+
+/** What the streamer needs of a tokenizer (Tokenizer has it; no import back into tokenizer.ts). */
+export interface PieceDecoder {
+  pieceBytes(id: number, prev: number | undefined, skipSpecial?: boolean): Uint8Array;
+  readonly skipSpecialByDefault: boolean;
+}
 
 export interface StreamerOptions {
   /** Default as Tokenizer.decode: false for byte_level, true for sentencepiece. */
@@ -19,7 +24,7 @@ export class TextStreamer {
   private readonly skipSpecial: boolean;
 
   constructor(
-    private readonly tokenizer: Tokenizer,
+    private readonly tokenizer: PieceDecoder,
     opts: StreamerOptions = {},
   ) {
     this.prev = opts.prevId;

@@ -1,6 +1,8 @@
 /**
- * Tokenizer: byte-level BPE (GPT-2 style, trainable) and llama2.c sentencepiece-style BPE,
- * both stored in the HF `tokenizers` tokenizer.json layout.
+ * Tokenizer: byte-level BPE (GPT-2 style, trainable) and llama2.c sentencepiece-style BPE: factories,
+ * encode/decode and chat rendering. The jobs around it live beside it: bpe.ts (merge table), train.ts
+ * (BPE training), hf-json.ts (HF tokenizer.json / tokenizer_config.json), pretokenize.ts (HF pre-tokenizers),
+ * chat.ts (Jinja chat templates), streamer.ts (incremental decoding).
  */
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -8,7 +10,6 @@ import {
   BYTE_TO_UNICODE,
   bytesKey,
   bytesToByteLevel,
-  byteLevelToBytes,
   concatBytes,
   newUtf8Decoder,
   utf8Encoder,
@@ -27,18 +28,17 @@ import {
   renderTemplate,
 } from './chat.js';
 import { parseLlama2cTokenizer } from './llama2c.js';
+import { specFromJSON, specToConfigJSON, specToJSON } from './hf-json.js';
+import { GPT2_SPLIT_REGEX_SOURCE, type PreTokenizer, byteLevelPreTokenizer } from './pretokenize.js';
+import { BOS, BYTE_PIECE, EOS, UNK, type AddedToken, type TokenizerKind, type TokenizerSpec } from './spec.js';
 import { trainByteBpe } from './train.js';
 import { TextStreamer, type StreamerOptions } from './streamer.js';
 
-export type TokenizerKind = 'byte_level' | 'sentencepiece';
+export type { TokenizerKind } from './spec.js';
 
 /** GPT-2 pre-tokenization (same pattern as tiktoken r50k_base). */
-export const GPT2_SPLIT_REGEX = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+export const GPT2_SPLIT_REGEX = new RegExp(GPT2_SPLIT_REGEX_SOURCE, 'gu');
 
-const UNK = '<unk>';
-const BOS = '<s>';
-const EOS = '</s>';
-const BYTE_PIECE = /^<0x([0-9A-Fa-f]{2})>$/;
 const WORD_CACHE_MAX = 100_000;
 
 export interface TrainOptions {
@@ -65,41 +65,6 @@ export interface DecodeOptions {
   skipSpecial?: boolean;
 }
 
-interface AddedToken {
-  id: number;
-  content: string;
-  special: boolean;
-}
-
-/** Everything a Tokenizer is built from; the factories only produce this. */
-interface TokenizerSpec {
-  kind: TokenizerKind;
-  /** Token string per id as written in tokenizer.json (added tokens: their content). */
-  vocab: string[];
-  /** Raw bytes per id, used for decoding. */
-  tokenBytes: Uint8Array[];
-  /** [left, right, result] in file order, with the priority of each. */
-  merges: Array<[number, number, number]>;
-  mergeRanks: number[];
-  added: AddedToken[];
-  bosId: number | undefined;
-  eosId: number;
-  padId: number;
-  chatTemplate: string;
-  /** byte_level: HF ByteLevel add_prefix_space. sentencepiece: the dummy-prefix space. */
-  addPrefixSpace: boolean;
-  /** sentencepiece only: the char the vocab uses for a space (' ' for llama2.c imports, '▁' for HF Llama files). */
-  spaceSymbol: string;
-  /**
-   * sentencepiece only: a Metaspace pre-tokenizer (newer HF Llama files) instead of the legacy normalizers.
-   * Its prefix space is skipped when the piece already starts with a space; "first" adds it to the first
-   * piece of the text only (not after a special token).
-   */
-  metaspace?: 'always' | 'first' | undefined;
-  /** The tokenizer puts BOS in front of every encoded text by default (HF: the post-processor / add_bos_token). */
-  addBos: boolean;
-}
-
 export class Tokenizer {
   readonly kind: TokenizerKind;
   readonly vocabSize: number;
@@ -123,6 +88,7 @@ export class Tokenizer {
   private readonly charIds = new Map<string, number>();
   private readonly unkId: number | undefined;
   private readonly wordCache = new Map<string, number[]>();
+  private readonly pre: PreTokenizer | undefined;
 
   private constructor(spec: TokenizerSpec) {
     this.spec = spec;
@@ -154,6 +120,7 @@ export class Tokenizer {
       this.addedRegex = new RegExp(alts.join('|'), 'g');
     }
 
+    this.pre = spec.preTokenizerJson ? byteLevelPreTokenizer(spec.preTokenizerJson.pre_tokenizer, spec.preTokenizerJson.normalizer) : undefined;
     if (spec.kind === 'byte_level') {
       for (let b = 0; b < 256; b++) {
         const id = this.tokenIds.get(BYTE_TO_UNICODE[b]!);
@@ -367,151 +334,25 @@ export class Tokenizer {
     return Tokenizer.fromJSON(json, config);
   }
 
-  /**
-   * Parses the HF tokenizer.json layout (BPE model). byte_fallback:true means
-   * sentencepiece-style (llama2.c / Llama); otherwise ByteLevel pre-tokenization is required.
-   */
+  /** Parses the HF tokenizer.json layout (BPE model) and tokenizer_config.json (hf-json.ts). */
   static fromJSON(json: unknown, config?: unknown): Tokenizer {
-    const root = asRecord(json, 'tokenizer.json');
-    const model = asRecord(root['model'], 'tokenizer.json model');
-    if (model['type'] !== 'BPE') throw new Error(`unsupported tokenizer model type ${String(model['type'])}`);
-    const kind: TokenizerKind = model['byte_fallback'] === true ? 'sentencepiece' : 'byte_level';
+    return new Tokenizer(specFromJSON(json, config));
+  }
 
-    const vocabObj = asRecord(model['vocab'], 'model.vocab');
-    const vocab: string[] = [];
-    for (const [tok, id] of Object.entries(vocabObj)) {
-      if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw new Error(`bad id for token ${tok}`);
-      vocab[id] = tok;
+  /**
+   * A copy with `tokens` added as special tokens at the end of the vocabulary (those already present are
+   * kept) and `chatTemplate` as its template: TRL's setup_chat_format on the tokenizer side.
+   */
+  withSpecialTokens(tokens: readonly string[], chatTemplate: string): Tokenizer {
+    const s = this.spec;
+    const vocab = s.vocab.slice(), tokenBytes = s.tokenBytes.slice(), added = s.added.slice();
+    for (const content of tokens) {
+      if (this.tokenIds.has(content)) continue;
+      added.push({ id: vocab.length, content, special: true });
+      vocab.push(content);
+      tokenBytes.push(utf8Encoder.encode(content));
     }
-    const added: AddedToken[] = [];
-    for (const t of Array.isArray(root['added_tokens']) ? root['added_tokens'] : []) {
-      const r = asRecord(t, 'added token');
-      if (typeof r['id'] !== 'number' || typeof r['content'] !== 'string') throw new Error('bad added token');
-      added.push({ id: r['id'], content: r['content'], special: r['special'] !== false });
-      vocab[r['id']] = r['content'];
-    }
-    for (let i = 0; i < vocab.length; i++) {
-      if (vocab[i] === undefined) throw new Error(`tokenizer.json has no token for id ${i}`);
-    }
-    const addedById = new Map(added.map((t) => [t.id, t] as const));
-
-    let addPrefixSpace = false;
-    let spaceSymbol = ' ';
-    let metaspace: 'always' | 'first' | undefined;
-    if (kind === 'byte_level') {
-      const pre = root['pre_tokenizer'] as Record<string, unknown> | null | undefined;
-      if (!pre || pre['type'] !== 'ByteLevel') {
-        throw new Error('byte-level BPE needs a plain ByteLevel pre_tokenizer (others are not supported)');
-      }
-      addPrefixSpace = pre['add_prefix_space'] === true;
-    } else {
-      // Our files: Prepend " ". HF Llama files: Prepend "▁" + Replace " " -> "▁".
-      const norms = normalizerList(root['normalizer']);
-      for (const n of norms) {
-        if (n['type'] === 'Prepend') addPrefixSpace = true;
-        const pat = n['pattern'] as Record<string, unknown> | undefined;
-        if (n['type'] === 'Replace' && pat?.['String'] === ' ' && typeof n['content'] === 'string') {
-          spaceSymbol = n['content'];
-        }
-      }
-      // Newer HF Llama files: no normalizer, a Metaspace pre-tokenizer instead.
-      const pre = root['pre_tokenizer'] as Record<string, unknown> | null | undefined;
-      if (pre && pre['type'] === 'Metaspace') {
-        spaceSymbol = typeof pre['replacement'] === 'string' ? pre['replacement'] : '\u2581';
-        const scheme = pre['prepend_scheme'] ?? (pre['add_prefix_space'] === false ? 'never' : 'always');
-        addPrefixSpace = scheme !== 'never';
-        metaspace = scheme === 'first' ? 'first' : 'always';
-      } else if (pre) {
-        throw new Error(`sentencepiece-style BPE: pre_tokenizer ${String(pre['type'])} is not supported (none or Metaspace)`);
-      }
-    }
-
-    const tokenBytes = vocab.map((tok, id) => {
-      const a = addedById.get(id);
-      if (a) return utf8Encoder.encode(a.content);
-      if (kind === 'byte_level') {
-        const b = byteLevelToBytes(tok);
-        if (!b) throw new Error(`token ${JSON.stringify(tok)} is not byte-level encoded`);
-        return b;
-      }
-      const m = BYTE_PIECE.exec(tok);
-      return m ? Uint8Array.of(parseInt(m[1]!, 16)) : utf8Encoder.encode(tok.replaceAll(spaceSymbol, ' '));
-    });
-
-    const tokenIds = new Map<string, number>();
-    vocab.forEach((t, id) => {
-      if (!tokenIds.has(t)) tokenIds.set(t, id);
-    });
-    const merges: Array<[number, number, number]> = [];
-    const mergeRanks: number[] = [];
-    const resultRank = new Map<number, number>();
-    const rawMerges = Array.isArray(model['merges']) ? (model['merges'] as unknown[]) : [];
-    rawMerges.forEach((m, i) => {
-      let pair: [string, string];
-      if (typeof m === 'string') {
-        const sp = m.indexOf(' ', 1); // ' ' can't start a byte-level token, so the first space splits
-        if (sp < 0) throw new Error(`bad merge ${JSON.stringify(m)}`);
-        pair = [m.slice(0, sp), m.slice(sp + 1)];
-      } else if (Array.isArray(m) && m.length === 2 && typeof m[0] === 'string' && typeof m[1] === 'string') {
-        pair = [m[0], m[1]];
-      } else throw new Error(`bad merge at ${i}`);
-      const a = tokenIds.get(pair[0]);
-      const b = tokenIds.get(pair[1]);
-      const c = tokenIds.get(pair[0] + pair[1]);
-      if (a === undefined || b === undefined || c === undefined) {
-        throw new Error(`merge ${JSON.stringify(pair)} refers to unknown tokens`);
-      }
-      merges.push([a, b, c]);
-      if (kind === 'sentencepiece') {
-        // Sentencepiece priority belongs to the merged piece: all splits of one piece share it.
-        if (!resultRank.has(c)) resultRank.set(c, resultRank.size);
-        mergeRanks.push(resultRank.get(c)!);
-      } else mergeRanks.push(i);
-    });
-
-    const cfg = config === undefined || config === null ? {} : asRecord(config, 'tokenizer_config.json');
-    const idOf = (key: string): number | undefined | null => {
-      const v = cfg[key];
-      if (v === undefined) return undefined;
-      if (v === null) return null;
-      const content = typeof v === 'string' ? v : (asRecord(v, key)['content'] as string | undefined);
-      const id = content === undefined ? undefined : tokenIds.get(content);
-      if (id === undefined) throw new Error(`${key} ${JSON.stringify(v)} is not in the vocab`);
-      return id;
-    };
-    const bos = idOf('bos_token');
-    const bosId = bos === null ? undefined : (bos ?? (kind === 'sentencepiece' ? tokenIds.get(BOS) : undefined));
-    const eosId =
-      idOf('eos_token') ?? tokenIds.get(kind === 'sentencepiece' ? EOS : ENDOFTEXT) ?? added.find((t) => t.special)?.id;
-    if (eosId === undefined) throw new Error('cannot determine the EOS token');
-    const padId = idOf('pad_token') ?? eosId;
-    const hasChatML = addedById.size > 0 && added.some((t) => t.content === IM_START) && added.some((t) => t.content === IM_END);
-    let chatTemplate = hasChatML ? CHATML_TEMPLATE : '';
-    const ct = cfg['chat_template'];
-    if (typeof ct === 'string') chatTemplate = ct;
-    else if (Array.isArray(ct)) {
-      const def = ct.find((t) => (t as Record<string, unknown>)?.['name'] === 'default') as
-        | Record<string, unknown>
-        | undefined;
-      if (typeof def?.['template'] === 'string') chatTemplate = def['template'];
-    }
-
-    return new Tokenizer({
-      kind,
-      vocab,
-      tokenBytes,
-      merges,
-      mergeRanks,
-      added,
-      bosId,
-      eosId,
-      padId,
-      chatTemplate,
-      addPrefixSpace,
-      spaceSymbol,
-      metaspace,
-      addBos: bosId !== undefined && (typeof cfg['add_bos_token'] === 'boolean' ? cfg['add_bos_token'] : postProcessorAddsBos(root['post_processor'], vocab[bosId]!)),
-    });
+    return new Tokenizer({ ...s, vocab, tokenBytes, added, chatTemplate });
   }
 
   // ---------------------------------------------------------------- serialization
@@ -524,124 +365,12 @@ export class Tokenizer {
 
   /** tokenizer.json in the HF `tokenizers` layout. */
   toJSON(): object {
-    const s = this.spec;
-    // fromEntries + Set, not `tok in obj`: tokens like "constructor" must not hit Object.prototype.
-    const seen = new Set<string>();
-    let vocab: Record<string, number> = Object.fromEntries(
-      s.vocab.flatMap((tok, id) => (seen.has(tok) ? [] : (seen.add(tok), [[tok, id] as const]))),
-    );
-    const added_tokens = s.added.map((t) => ({
-      id: t.id,
-      content: t.content,
-      single_word: false,
-      lstrip: false,
-      rstrip: false,
-      normalized: false,
-      special: t.special,
-    }));
-    const byteLevel = s.kind === 'byte_level';
-    // Sentencepiece vocabularies are written in HF's '▁' convention whatever they use in memory, so no
-    // piece holds a real space and merges are the usual "left right" strings.
-    const sp = '\u2581';
-    const addedSet = new Set(s.added.map((t) => t.id));
-    const piece = (id: number): string => (byteLevel || addedSet.has(id) ? s.vocab[id]! : s.vocab[id]!.replaceAll(s.spaceSymbol, sp));
-    if (!byteLevel) {
-      vocab = Object.fromEntries(
-        (() => {
-          const seen2 = new Set<string>();
-          return s.vocab.flatMap((_, id) => {
-            const tok = piece(id);
-            return seen2.has(tok) ? [] : (seen2.add(tok), [[tok, id] as const]);
-          });
-        })(),
-      );
-    }
-    const merges = s.merges.map(([a, b]) => `${piece(a)} ${piece(b)}`);
-    const model = {
-      type: 'BPE',
-      dropout: null,
-      unk_token: byteLevel ? null : UNK,
-      continuing_subword_prefix: null,
-      end_of_word_suffix: null,
-      fuse_unk: !byteLevel,
-      byte_fallback: !byteLevel,
-      vocab,
-      merges,
-    };
-    if (byteLevel) {
-      return {
-        version: '1.0',
-        truncation: null,
-        padding: null,
-        added_tokens,
-        normalizer: null,
-        pre_tokenizer: { type: 'ByteLevel', add_prefix_space: s.addPrefixSpace, trim_offsets: true, use_regex: true },
-        post_processor: null,
-        decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
-        model,
-      };
-    }
-    // As HF's Llama files: legacy normalizers (Prepend + Replace), or Metaspace when only the first
-    // piece gets the prefix space; BOS from a TemplateProcessing post-processor.
-    const normalizers: object[] = [];
-    if (s.addPrefixSpace) normalizers.push({ type: 'Prepend', prepend: sp });
-    normalizers.push({ type: 'Replace', pattern: { String: ' ' }, content: sp });
-    const metaspace = s.metaspace ? { type: 'Metaspace', replacement: sp, prepend_scheme: s.addPrefixSpace ? s.metaspace : 'never', split: false } : null;
-    const decoders: object[] = [{ type: 'Replace', pattern: { String: sp }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }];
-    if (s.addPrefixSpace) decoders.push({ type: 'Strip', content: ' ', start: 1, stop: 0 });
-    let post_processor: object | null = null;
-    if (this.addBos) {
-      const bos = s.vocab[s.bosId!]!;
-      const special = { SpecialToken: { id: bos, type_id: 0 } };
-      post_processor = {
-        type: 'TemplateProcessing',
-        single: [special, { Sequence: { id: 'A', type_id: 0 } }],
-        pair: [special, { Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: bos, type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
-        special_tokens: { [bos]: { id: bos, ids: [s.bosId], tokens: [bos] } },
-      };
-    }
-    return {
-      version: '1.0',
-      truncation: null,
-      padding: null,
-      added_tokens,
-      normalizer: metaspace ? null : { type: 'Sequence', normalizers },
-      pre_tokenizer: metaspace,
-      post_processor,
-      decoder: { type: 'Sequence', decoders },
-      model,
-    };
+    return specToJSON(this.spec, this.addBos);
   }
 
   /** tokenizer_config.json as transformers writes it (model_max_length omitted). */
   toConfigJSON(): object {
-    const s = this.spec;
-    const name = (id: number | undefined): string | null => (id === undefined ? null : s.vocab[id]!);
-    const added_tokens_decoder: Record<string, object> = {};
-    for (const t of s.added) {
-      added_tokens_decoder[String(t.id)] = {
-        content: t.content,
-        lstrip: false,
-        normalized: false,
-        rstrip: false,
-        single_word: false,
-        special: t.special,
-      };
-    }
-    return {
-      add_bos_token: this.addBos,
-      add_eos_token: false,
-      add_prefix_space: s.kind === 'byte_level' ? s.addPrefixSpace : undefined,
-      added_tokens_decoder,
-      bos_token: name(s.bosId),
-      // Only where the vocabulary has the template's tokens (an empty template means none).
-      chat_template: this.chatTemplate || undefined,
-      clean_up_tokenization_spaces: false,
-      eos_token: name(s.eosId),
-      pad_token: name(s.padId),
-      unk_token: s.kind === 'sentencepiece' ? UNK : null,
-      tokenizer_class: 'PreTrainedTokenizerFast',
-    };
+    return specToConfigJSON(this.spec, this.addBos, this.chatTemplate);
   }
 
   // ---------------------------------------------------------------- encode / decode
@@ -688,6 +417,10 @@ export class Tokenizer {
       for (const id of this.mergeTable.apply(symbols)) out.push(id);
       return;
     }
+    if (this.pre) {
+      for (const w of this.pre.split(this.pre.normalize(text))) for (const id of this.encodeWord(w)) out.push(id);
+      return;
+    }
     const s = this.spec.addPrefixSpace && !text.startsWith(' ') ? ' ' + text : text;
     for (const m of s.matchAll(GPT2_SPLIT_REGEX)) {
       for (const id of this.encodeWord(m[0])) out.push(id);
@@ -698,6 +431,8 @@ export class Tokenizer {
     let ids = this.wordCache.get(word);
     if (ids !== undefined) return ids;
     const bytes = utf8Encoder.encode(word);
+    const whole = this.spec.ignoreMerges ? this.tokenIds.get(bytesToByteLevel(bytes)) : undefined;
+    if (whole !== undefined && !this.addedIds.has(bytesToByteLevel(bytes))) return [whole];
     const symbols = new Array<number>(bytes.length);
     for (let i = 0; i < bytes.length; i++) symbols[i] = this.byteIds[bytes[i]!]!;
     ids = this.mergeTable.apply(symbols);
@@ -834,7 +569,8 @@ export class Tokenizer {
       const charAt: number[] = [];
       let ci = 0;
       for (const ch of seg) {
-        for (let k = utf8Encoder.encode(ch).length; k > 0; k--) charAt.push(ci);
+        const cp = ch.codePointAt(0)!;
+        for (let k = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; k > 0; k--) charAt.push(ci);
         ci += ch.length;
       }
       const total = segIds.reduce((nb, t) => nb + this.spec.tokenBytes[t]!.length, 0);
@@ -847,28 +583,4 @@ export class Tokenizer {
     }
     return { ids, starts };
   }
-}
-
-function asRecord(x: unknown, what: string): Record<string, unknown> {
-  if (typeof x !== 'object' || x === null || Array.isArray(x)) throw new Error(`${what}: expected an object`);
-  return x as Record<string, unknown>;
-}
-
-/** Whether a post_processor (TemplateProcessing, possibly inside a Sequence) puts `bos` first. */
-function postProcessorAddsBos(pp: unknown, bos: string): boolean {
-  if (typeof pp !== 'object' || pp === null) return false;
-  const r = pp as Record<string, unknown>;
-  if (r['type'] === 'Sequence' && Array.isArray(r['processors'])) return r['processors'].some((p) => postProcessorAddsBos(p, bos));
-  if (r['type'] !== 'TemplateProcessing' || !Array.isArray(r['single'])) return false;
-  const first = r['single'][0] as Record<string, Record<string, unknown>> | undefined;
-  return first?.['SpecialToken']?.['id'] === bos;
-}
-
-function normalizerList(n: unknown): Array<Record<string, unknown>> {
-  if (n === null || n === undefined) return [];
-  const r = asRecord(n, 'normalizer');
-  if (r['type'] === 'Sequence' && Array.isArray(r['normalizers'])) {
-    return r['normalizers'].map((x) => asRecord(x, 'normalizer'));
-  }
-  return [r];
 }

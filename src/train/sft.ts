@@ -10,6 +10,7 @@
  * base_model_name_or_path and the manifest's parent name the base checkpoint.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, readModelConfig, resumableDir, saveCheckpoint, toVariables } from '../checkpoint/model.js';
 import { closeOutputDir, contentIds } from '../checkpoint/output.js';
@@ -28,7 +29,8 @@ import {
   tokenizeSft,
 } from '../data/sft.js';
 import { type ForwardOptions, type ModelConfig, type Params, countParams } from '../model/gpt.js';
-import { type LoraConfig, checkAdapterTargets, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
+import { setupChatFormat } from '../model/chat-format.js';
+import { type LoraConfig, alignBaseToAdapter, checkAdapterTargets, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
 import type { Tokenizer } from '../tokenizer/index.js';
 import { InputError } from '../util/errors.js';
 import { log } from '../util/log.js';
@@ -151,11 +153,14 @@ export function sft(cfg: SftConfig, o: FinetuneOptions = {}): Promise<FinetuneRe
 async function sftRun(cfg: SftConfig, o: FinetuneOptions, resumeDir: string | undefined, inputs: Record<string, string>): Promise<FinetuneResult> {
   const source = resumeDir ?? cfg.base;
   checkMemory(join(source, 'config.json'), readModelConfig(source), cfg.train.batch_size, { training: true, force: o.force });
-  const ck = loadCheckpoint(source);
+  const loaded = loadCheckpoint(source);
+  // A vocabulary without chat markup gets ChatML tokens and a grown embedding first (TRL's setup_chat_format).
+  const ck = setupChatFormat(loaded);
+  if (ck.added.length) log().info({ added: ck.added, vocab_size: ck.config.vocab_size }, `added ${ck.added.join(', ')} to the vocabulary (ChatML chat format)`);
   const { config, tokenizer } = ck;
   let data: SftData;
   try {
-    data = loadSftData(cfg.data, tokenizer, config.n_ctx, ck.dir);
+    data = loadSftData(cfg.data, tokenizer, config.n_ctx, loaded.dir);
   } catch (err) {
     disposeParams(ck.params);
     throw err;
@@ -198,7 +203,11 @@ export function adapterConfig(cfg: LoraStageConfig): LoraConfig {
   return { r: cfg.lora.r, alpha: cfg.lora.alpha, dropout: cfg.lora.dropout, target_modules: [...cfg.lora.target_modules] };
 }
 
-/** LoRA: only the adapter trains; the base checkpoint is read, never written. */
+/**
+ * LoRA: only the adapter trains; the base checkpoint is read, never written. A base without chat markup
+ * gets ChatML tokens (setupChatFormat); then its grown embedding (and untied head) train beside the adapter
+ * and are saved with it, as PEFT's modules_to_save — the new tokens must learn an embedding.
+ */
 export function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promise<FinetuneResult & { adapterParams: number; modules: string[] }> {
   return withOutputDir(cfg, o, (resumeDir, inputs) => loraRun(cfg, o, resumeDir, inputs));
 }
@@ -207,33 +216,40 @@ async function loraRun(cfg: LoraStageConfig, o: FinetuneOptions, resumeDir: stri
   const baseConfig = readModelConfig(cfg.base);
   const trainable = targetModules(baseConfig, adapterConfig(cfg)).length * cfg.lora.r * 2 * baseConfig.n_embd; // about: r·(in + out) per module
   checkMemory(join(cfg.base, 'config.json'), baseConfig, cfg.train.batch_size, { training: true, trainable, force: o.force });
-  const base: LoadedCheckpoint = loadCheckpoint(cfg.base);
-  const { config, tokenizer } = base;
+  const loaded = loadCheckpoint(cfg.base);
+  const chat = setupChatFormat(loaded);
+  if (chat.added.length) log().info({ added: chat.added, vocab_size: chat.config.vocab_size }, `added ${chat.added.join(', ')} to the vocabulary (ChatML chat format); the embedding trains with the adapter`);
+  const { config, tokenizer } = chat;
+  const wholeModules = chat.added.length ? (config.tie_embeddings ? ['wte.weight'] : ['wte.weight', 'lm_head.weight']) : [];
+  const base: LoadedCheckpoint = { ...loaded, config, tokenizer, params: Object.fromEntries(Object.entries(chat.params).filter(([k]) => !wholeModules.includes(k))) };
   const acfg = adapterConfig(cfg);
   let data: SftData, modules: string[], initial: Params;
   try {
     modules = targetModules(config, acfg);
-    data = loadSftData(cfg.data, tokenizer, config.n_ctx, base.dir);
+    data = loadSftData(cfg.data, tokenizer, config.n_ctx, loaded.dir);
     if (resumeDir) {
       const saved = loadAdapter(resumeDir, config);
       initial = saved.lora;
-      const want = new Set(modules.flatMap((m) => [`${m}.lora_A`, `${m}.lora_B`]));
+      const want = new Set([...modules.flatMap((m) => [`${m}.lora_A`, `${m}.lora_B`]), ...wholeModules]);
       const got = Object.keys(initial);
       if (saved.config.r !== acfg.r || got.length !== want.size || got.some((k) => !want.has(k))) {
         disposeParams(initial);
         throw new Error(`${resumeDir}: the saved adapter (r=${saved.config.r}, ${got.length / 2} modules) does not match lora settings in the config (r=${acfg.r}, ${modules.length} modules); cannot resume`);
       }
+      for (const k of wholeModules) chat.params[k]!.dispose();
     } else {
       initial = initLora(config, acfg, cfg.train.seed);
+      for (const k of wholeModules) initial[k] = chat.params[k]!;
     }
   } catch (err) {
-    disposeParams(base.params);
+    disposeParams(chat.params);
     throw err;
   }
   const adapter = toVariables(initial);
   const all: Params = { ...base.params, ...adapter };
   const scale = loraScale(acfg);
-  const fwd: ForwardOptions = { loraScale: scale, loraDropout: acfg.dropout, freezeBase: true };
+  // With a trainable embedding the tied head needs its weight gradient: run the plain kernels then.
+  const fwd: ForwardOptions = { loraScale: scale, loraDropout: acfg.dropout, freezeBase: wholeModules.length === 0 };
   const resume = resumeDir ? loadTrainerState(resumeDir) : undefined;
   const padId = tokenizer.padId;
   const adapterParams = Object.values(adapter).reduce((n, v) => n + v.size, 0);
@@ -278,7 +294,9 @@ async function loraRun(cfg: LoraStageConfig, o: FinetuneOptions, resumeDir: stri
 
 /** Fold an adapter into its base: writes a plain full checkpoint (stage lora-merge, parent = base). */
 export async function mergeLora(o: { base?: string; adapter: string; out: string; overwrite?: boolean }): Promise<{ base: string; config: ModelConfig; modules: number }> {
-  const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter, o.base ? readModelConfig(o.base) : undefined);
+  // The adapter's own config.json (written by the lora stage) describes it best; a bare PEFT dir uses --base's.
+  const ownConfig = existsSync(join(o.adapter, 'config.json'));
+  const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter, !ownConfig && o.base ? readModelConfig(o.base) : undefined);
   const baseDir = o.base ?? baseModel;
   if (!baseDir) {
     disposeParams(adapterParams);
@@ -290,7 +308,7 @@ export async function mergeLora(o: { base?: string; adapter: string; out: string
   }
   let ck: LoadedCheckpoint;
   try {
-    ck = loadCheckpoint(baseDir);
+    ck = alignBaseToAdapter(loadCheckpoint(baseDir), o.adapter);
   } catch (err) {
     disposeParams(adapterParams);
     throw err;
@@ -311,7 +329,7 @@ export async function mergeLora(o: { base?: string; adapter: string; out: string
     } finally {
       disposeParams(merged);
     }
-    return { base: baseDir, config: ck.config, modules: Object.keys(adapterParams).length / 2 };
+    return { base: baseDir, config: ck.config, modules: Object.keys(adapterParams).filter((k) => k.endsWith('.lora_A')).length };
   } finally {
     disposeParams(ck.params);
     disposeParams(adapterParams);
