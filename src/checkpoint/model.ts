@@ -125,7 +125,7 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
 }
 
 function extraFiles(tmp: string, known: string[]): string[] {
-  return ['adapter_config.json', 'adapter_model.safetensors', 'value_head.safetensors'].filter((f) => !known.includes(f) && existsSync(join(tmp, f)));
+  return ['adapter_config.json', 'adapter_model.safetensors', 'value_head.safetensors', 'ref_logps.safetensors'].filter((f) => !known.includes(f) && existsSync(join(tmp, f)));
 }
 
 
