@@ -129,6 +129,7 @@ function promptOf(v: unknown): ChatMessage[] {
 function responseOf(v: unknown, field: string): string {
   if (typeof v === 'string') return responseText(v, field);
   if (v === undefined) throw new PreferenceRowError(`field '${field}': missing`);
+  if (typeof v !== 'object' || v === null) throw new PreferenceRowError(`field '${field}': expected a string or an assistant message, got ${kind(v)}`);
   return singleResponse(messages(Array.isArray(v) ? v : [v], field), field);
 }
 
