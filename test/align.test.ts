@@ -17,6 +17,8 @@ import { disposeParams, loadCheckpoint, saveCheckpoint } from '../src/checkpoint
 import { readManifest } from '../src/checkpoint/manifest.js';
 import { readSafetensors } from '../src/checkpoint/safetensors.js';
 import { DpoConfigSchema, RmConfigSchema } from '../src/config/align.js';
+import { loadConfig } from '../src/config/load.js';
+import { parse as parseYaml } from 'yaml';
 import { makePreferenceBatch, disposePreferenceBatch, readPreferenceJsonl, tokenizePairs } from '../src/data/preference.js';
 import { importLlama2c } from '../src/model/llama2c.js';
 import { initParams } from '../src/model/init.js';
@@ -172,6 +174,14 @@ describe('reward model', () => {
     model.dispose();
   });
 
+  test('llmctl rm score prints one JSON line per pair', () => {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', 'rm', 'score', '--checkpoint', rmDir, '--data', PREF, '--log-level', 'silent'], { cwd: REPO, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { line: number; chosen: number; rejected: number });
+    assert.equal(rows.length, readPreferenceJsonl(PREF).pairs.length);
+    assert.ok(rows.every((x) => Number.isFinite(x.chosen) && Number.isFinite(x.rejected) && x.line >= 1));
+  });
+
   test('loadRewardModel refuses a checkpoint without a head', () => assert.throws(() => loadRewardModel(BASE), /model\.safetensors: not a reward model \(no 'score\.weight'/));
 });
 
@@ -276,4 +286,15 @@ describe('CLI: bad input is one line, exit 2, nothing written', () => {
     await writeTinyBase(other, { n_embd: 64 });
     expectBad(cli('dpo', '--config', yaml('d.yaml', `base: ${BASE}\nref: ${other}\ndata: {path: ${PREF}}\n${train}\nout_dir: ${out}\n`)), /^llmctl dpo: .*config\.json: the reference's architecture differs .*n_embd 64 vs 32/, out);
   });
+});
+
+test('the shipped configs parse; pipeline-full runs rm then dpo', () => {
+  const rmc = loadConfig(RmConfigSchema, join(REPO, 'configs/rm.yaml'));
+  const dpc = loadConfig(DpoConfigSchema, join(REPO, 'configs/dpo.yaml'));
+  assert.equal(rmc.base, 'runs/sft');
+  assert.equal(dpc.dpo.beta, 0.1);
+  assert.equal(dpc.dpo.precompute_ref_logps, true);
+  const stages = (parseYaml(readFileSync(join(REPO, 'configs/pipeline-full.yaml'), 'utf8')) as { stages: { run: string }[] }).stages.map((x) => x.run);
+  assert.ok(stages.indexOf('sft') < stages.indexOf('rm') && stages.indexOf('rm') < stages.indexOf('dpo'), stages.join(' → '));
+  assert.throws(() => DpoConfigSchema.parse({ ...dpc, dpo: { ...dpc.dpo, loss_type: 'ipo', label_smoothing: 0.1 } }), /label smoothing applies to the sigmoid loss only/);
 });

@@ -32,7 +32,7 @@ export const RmConfigSchema = z.strictObject({
   optim: OptimSchema.prefault({}),
   train: TrainLoopSchema,
   out_dir: z.string().min(1),
-});
+}).refine((c) => c.train.workers === 1, { message: 'rm trains on one thread: data-parallel workers are not supported by this stage (set 1)', path: ['train', 'workers'] });
 export type RmConfig = z.infer<typeof RmConfigSchema>;
 
 export const DpoConfigSchema = z.strictObject({
@@ -56,5 +56,7 @@ export const DpoConfigSchema = z.strictObject({
   optim: OptimSchema.prefault({}),
   train: TrainLoopSchema,
   out_dir: z.string().min(1),
-});
+})
+  .refine((c) => c.train.workers === 1, { message: 'dpo trains on one thread: data-parallel workers are not supported by this stage (set 1)', path: ['train', 'workers'] })
+  .refine((c) => c.dpo.label_smoothing === 0 || c.dpo.loss_type === 'sigmoid', { message: 'label smoothing applies to the sigmoid loss only', path: ['dpo', 'label_smoothing'] });
 export type DpoConfig = z.infer<typeof DpoConfigSchema>;

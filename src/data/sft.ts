@@ -122,7 +122,7 @@ export function readSftJsonl(path: string, o: { format?: SftFormat; skipInvalid?
 export function assertChatTokenizer(tokenizer: Tokenizer, where: string): void {
   if (tokenizer.kind !== 'byte_level' || tokenizer.tokenToId(IM_START) === undefined || tokenizer.tokenToId(IM_END) === undefined) {
     throw new Error(
-      `${where}: the tokenizer (${tokenizer.kind}) has no ChatML tokens ${IM_START}/${IM_END}; sft and lora render data with ChatML, ` +
+      `${where}: the tokenizer (${tokenizer.kind}) has no ChatML tokens ${IM_START}/${IM_END}; this stage renders its data with the ChatML chat template, ` +
         'so use a checkpoint whose byte-level tokenizer has them (e.g. one trained by llmctl prepare)',
     );
   }
