@@ -175,7 +175,7 @@ describe('reward model', () => {
   });
 
   test('llmctl rm score prints one JSON line per pair', () => {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', 'rm', 'score', '--checkpoint', rmDir, '--data', PREF, '--log-level', 'silent'], { cwd: REPO, encoding: 'utf8' });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', 'rm', 'score', '--checkpoint', rmDir, '--data', PREF, '--log-level', 'silent', '--backend', 'wasm'], { cwd: REPO, encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { line: number; chosen: number; rejected: number });
     assert.equal(rows.length, readPreferenceJsonl(PREF).pairs.length);
@@ -257,7 +257,7 @@ describe('dpo', () => {
 });
 
 describe('CLI: bad input is one line, exit 2, nothing written', () => {
-  const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args, '--log-level', 'silent'], { cwd: REPO, encoding: 'utf8' });
+  const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args, '--log-level', 'silent', '--backend', 'wasm'], { cwd: REPO, encoding: 'utf8' });
   const yaml = (name: string, body: string) => {
     const p = join(TMP, name);
     writeFileSync(p, body);

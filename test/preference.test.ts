@@ -46,6 +46,10 @@ describe('formats', () => {
     assert.deepEqual(rowToPairs({ system: 'S', conversations: [{ from: 'human', value: 'Hi?' }], chosen: { from: 'gpt', value: 'Hello!' }, rejected: { from: 'gpt', value: 'Go away' } }), [
       { prompt: [{ role: 'system', content: 'S' }, { role: 'user', content: 'Hi?' }], chosen: 'Hello!', rejected: 'Go away' },
     ]));
+  test('LLaMA-Factory Alpaca-style pairs (instruction + input)', () =>
+    assert.deepEqual(rowToPairs({ instruction: 'Translate', input: 'Hallo', chosen: 'Hello', rejected: 'Bye' }), [
+      { prompt: [{ role: 'user', content: 'Translate\n\nHallo' }], chosen: 'Hello', rejected: 'Bye' },
+    ]));
   test('ranked list [best … worst] → all K(K−1)/2 pairs, better first', () => {
     const pairs = rowToPairs({ prompt: 'Q', responses: ['A', 'B', 'C'] });
     assert.deepEqual(pairs.map((p) => [p.chosen, p.rejected]), [['A', 'B'], ['A', 'C'], ['B', 'C']]);

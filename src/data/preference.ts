@@ -10,6 +10,7 @@
  *   hh            {"chosen": "\n\nHuman: …\n\nAssistant: …", "rejected": "…"}          (Anthropic HH-RLHF)
  *                 the transcripts are parsed into turns; the last assistant turn is the response
  *   llamafactory  {"conversations": [{"from", "value"}], "chosen": {"from","value"}, "rejected": {…}}
+ *                 {"instruction", "input", "chosen", "rejected"}  (its Alpaca-style pairs)
  *   ranked        {"prompt": …, "responses": [best, …, worst]}  → all K·(K−1)/2 pairs (InstructGPT)
  * An optional numeric "margin" (TRL's RewardTrainer column) rides along with the pair.
  *
@@ -137,6 +138,13 @@ function standardPair(r: Record<string, unknown>): Omit<PreferencePair, 'line'> 
   if (r.chosen === undefined) throw new PreferenceRowError(`field 'chosen': missing (${EXPECTED})`);
   if (r.rejected === undefined) throw new PreferenceRowError(`field 'rejected': missing`);
   if (r.prompt !== undefined) return { prompt: promptOf(r.prompt), chosen: responseOf(r.chosen, 'chosen'), rejected: responseOf(r.rejected, 'rejected') };
+  if (r.instruction !== undefined) {
+    // LLaMA-Factory's Alpaca-style pairs: the prompt is rendered as SFT renders an Alpaca row.
+    if (typeof r.instruction !== 'string' || !r.instruction.trim()) throw new PreferenceRowError(`field 'instruction': expected a non-empty string`);
+    if (r.input !== undefined && r.input !== null && typeof r.input !== 'string') throw new PreferenceRowError(`field 'input': expected a string, got ${kind(r.input)}`);
+    const content = typeof r.input === 'string' && r.input ? `${r.instruction}\n\n${r.input}` : r.instruction;
+    return { prompt: [{ role: 'user', content }], chosen: responseOf(r.chosen, 'chosen'), rejected: responseOf(r.rejected, 'rejected') };
+  }
   // Implicit prompt: the longest common message prefix of the two conversations.
   if (!Array.isArray(r.chosen)) throw new PreferenceRowError(`field 'prompt': missing (needed when chosen/rejected are strings)`);
   const c = messages(r.chosen, 'chosen'), j = messages(r.rejected, 'rejected');
