@@ -122,8 +122,12 @@ describe('reward model', () => {
     assert.equal(readManifest(rmDir).stage, 'rm');
     assert.equal(readManifest(rmDir).parent?.path, BASE);
 
+    const tensorsBeforeLoad = tf.memory().numTensors;
     const model = loadRewardModel(rmDir);
     const { examples } = tokenizePairs(model.tokenizer, readPreferenceJsonl(PREF).pairs, model.config.n_ctx);
+    const loadedTensors = tf.memory().numTensors;
+    scoreSequences(model, examples.map((e) => e.chosen.ids), 4);
+    assert.equal(tf.memory().numTensors, loadedTensors, 'scoring frees its tensors');
     const loaded = scoreSequences(model, examples.map((e) => e.chosen.ids), 5);
     assert.deepEqual(loaded.map(Math.fround), inMemory!.chosen.map(Math.fround));
     assert.deepEqual(scoreSequences(model, examples.map((e) => e.rejected.ids), 3).map(Math.fround), inMemory!.rejected.map(Math.fround));
@@ -133,6 +137,7 @@ describe('reward model', () => {
     assert.ok(longer.length > 10);
     assert.deepEqual(scoreConversations(model, longer.map((i) => ({ prompt: pairs[i]!.prompt, response: pairs[i]!.chosen }))).map(Math.fround), longer.map((i) => Math.fround(inMemory!.chosen[i]!)));
     model.dispose();
+    assert.equal(tf.memory().numTensors, tensorsBeforeLoad, 'dispose() frees the reward model');
     // The transformer of a reward model still loads as a causal LM.
     const ck = loadCheckpoint(rmDir);
     assert.equal(ck.heads, undefined);
