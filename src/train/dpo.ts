@@ -20,7 +20,7 @@ import { readSafetensors, toFloat32, writeSafetensors } from '../checkpoint/safe
 import type { DpoConfig } from '../config/align.js';
 import { type PairExample, type PreferenceBatch, disposePreferenceBatch, fixedPairBatches, makePreferenceBatch, preferenceBatchSource } from '../data/preference.js';
 import { type ForwardOptions, type ModelConfig, type Params, forward } from '../model/gpt.js';
-import { log } from '../util/log.js';
+import { Progress, log } from '../util/log.js';
 import { type AlignOptions, dataSummary, loadPreferenceData } from './rm.js';
 import { loadStageModel } from './stage-model.js';
 import type { BatchSource, TrainResult } from './trainer.js';
@@ -85,9 +85,10 @@ export function dpoBatchLoss(params: Params, config: ModelConfig, batch: DpoBatc
 }
 
 /** Reference log-probs of every pair in order: { chosen[i], rejected[i] } (sums, or means for IPO). */
-export function referenceLogps(params: Params, config: ModelConfig, examples: readonly PairExample[], batchSize: number, padId: number, fwd: ForwardOptions, mean: boolean): { chosen: Float32Array; rejected: Float32Array } {
+export function referenceLogps(params: Params, config: ModelConfig, examples: readonly PairExample[], batchSize: number, padId: number, fwd: ForwardOptions, mean: boolean, onBatch?: (done: number, total: number) => void): { chosen: Float32Array; rejected: Float32Array } {
   const chosen = new Float32Array(examples.length), rejected = new Float32Array(examples.length);
-  for (const g of fixedPairBatches(examples, batchSize)) {
+  const groups = fixedPairBatches(examples, batchSize);
+  for (const [k, g] of groups.entries()) {
     const b = makePreferenceBatch(g.examples, padId, g.index);
     const l = batchLogps(params, config, b, { ...fwd, training: false }, mean);
     const v = l.dataSync();
@@ -97,6 +98,7 @@ export function referenceLogps(params: Params, config: ModelConfig, examples: re
     });
     l.dispose();
     disposePreferenceBatch(b);
+    onBatch?.(k + 1, groups.length);
   }
   return { chosen, rejected };
 }
@@ -213,7 +215,9 @@ export async function dpo(cfg: DpoConfig, o: AlignOptions = {}): Promise<DpoResu
       else {
         const t0 = performance.now();
         const src = !resumeDir && !cfg.ref && !adapterOff ? { params: model.params, fwd: {} } : refModel();
-        table = referenceLogps(src.params, config, all, cfg.train.batch_size, padId, src.fwd, mean);
+        const progress = o.quiet ? undefined : new Progress('dpo: reference log-probs', Math.ceil(all.length / cfg.train.batch_size));
+        table = referenceLogps(src.params, config, all, cfg.train.batch_size, padId, src.fwd, mean, (k) => progress?.update(k, { pairs: Math.min(all.length, k * cfg.train.batch_size) }));
+        progress?.done(`dpo: reference log-probs of ${all.length} pairs`);
         cache = 'computed';
         log().info({ pairs: all.length, seconds: Math.round((performance.now() - t0) / 100) / 10 }, 'dpo: reference log-probs precomputed');
       }
