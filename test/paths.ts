@@ -7,3 +7,4 @@ export const STORIES_DIR = fileURLToPath(new URL('./fixtures/stories260K/', impo
 export const STORIES_BIN = STORIES_DIR + 'stories260K.bin';
 export const TOK512_PATH = STORIES_DIR + 'tok512.bin';
 export const STORIES_EXPECTED = STORIES_DIR + 'expected_outputs.json';
+export const FIXTURES_PREF = fileURLToPath(new URL('./fixtures/preference/', import.meta.url));

@@ -56,6 +56,16 @@ export interface SaveOptions {
   extra?: (tmpDir: string) => void | Promise<void>;
   /** Only write these params (e.g. LoRA saves adapters via `extra` and skips the base). */
   skipModel?: boolean;
+  /**
+   * Task heads stored beside the transformer, already in Hugging Face's [out, in] layout (e.g. a reward
+   * model's `score.weight` [1, n_embd], as *ForSequenceClassification); config.json then names that class.
+   */
+  heads?: Record<string, tf.Tensor>;
+}
+
+/** Heads a checkpoint may carry besides the transformer: name → shape. */
+export function headShapes(c: ModelConfig): Record<string, number[]> {
+  return { 'score.weight': [1, c.n_embd] };
 }
 
 /** Host copies of a tensor map (async reads, so the event loop and SIGINT stay live). */
@@ -80,9 +90,14 @@ export async function modelTensorData(c: ModelConfig, params: Record<string, tf.
   return hostToTensorData(toHfTensors(c, await toHost(params)));
 }
 
-/** config.json of a checkpoint: HF's fields for the architecture (special ids from the tokenizer) + ours. */
-export function configJson(c: ModelConfig, tokenizer: Tokenizer): Record<string, unknown> {
-  return hfConfig(c, { bos: tokenizer.bosId, eos: tokenizer.eosId, pad: tokenizer.padId });
+/**
+ * config.json of a checkpoint: HF's fields for the architecture (special ids from the tokenizer) + ours. With a
+ * `score.weight` head it is a reward model: HF's *ForSequenceClassification with one label.
+ */
+export function configJson(c: ModelConfig, tokenizer: Tokenizer, heads: readonly string[] = []): Record<string, unknown> {
+  const json = hfConfig(c, { bos: tokenizer.bosId, eos: tokenizer.eosId, pad: tokenizer.padId });
+  if (!heads.includes('score.weight')) return json;
+  return { ...json, architectures: [`${c.arch === 'llama' ? 'Llama' : 'GPT2'}ForSequenceClassification`], num_labels: 1 };
 }
 
 export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void> {
@@ -95,7 +110,7 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
       closeOutputDir(dir);
     }
   }
-  const weights = o.skipModel ? undefined : await modelTensorData(o.config, o.params);
+  const weights = o.skipModel ? undefined : { ...(await modelTensorData(o.config, o.params)), ...(await toTensorData(o.heads ?? {})) };
   const optimizer = o.trainer ? await toTensorData(o.trainer.optimizer) : undefined;
   for (const [what, tensors] of [['weights', weights], ['optimizer state', optimizer]] as const) {
     for (const [name, t] of Object.entries(tensors ?? {})) assertFinite(`${dir}: not saving ${what}`, name, t.data as Float32Array);
@@ -104,7 +119,7 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
   const parent = o.parentDir ? { path: o.parentDir, sha256: existsSync(join(o.parentDir, 'manifest.json')) ? await sha256File(join(o.parentDir, 'manifest.json')) : '' } : null;
   await writeDirAtomic(dir, async (tmp) => {
     const files = [CONFIG_FILE];
-    writeJson(join(tmp, CONFIG_FILE), configJson(o.config, o.tokenizer));
+    writeJson(join(tmp, CONFIG_FILE), configJson(o.config, o.tokenizer, Object.keys(o.heads ?? {})));
     const imEnd = o.tokenizer.tokenToId(IM_END);
     writeJson(join(tmp, GENERATION_CONFIG_FILE), hfGenerationConfig({ bos: o.tokenizer.bosId, eos: o.tokenizer.eosId, pad: o.tokenizer.padId, stop: imEnd === undefined ? [] : [imEnd] }));
     files.push(GENERATION_CONFIG_FILE);
@@ -135,7 +150,7 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
 }
 
 function extraFiles(tmp: string, known: string[]): string[] {
-  return ['adapter_config.json', 'adapter_model.safetensors', 'value_head.safetensors'].filter((f) => !known.includes(f) && existsSync(join(tmp, f)));
+  return ['adapter_config.json', 'adapter_model.safetensors', 'value_head.safetensors', 'ref_logps.safetensors'].filter((f) => !known.includes(f) && existsSync(join(tmp, f)));
 }
 
 
@@ -145,6 +160,8 @@ export interface LoadedCheckpoint {
   params: Record<string, tf.Tensor>;
   tokenizer: Tokenizer;
   manifest: Manifest | undefined;
+  /** Task heads (e.g. `score.weight`), only when loadCheckpoint was asked for them. */
+  heads?: Record<string, tf.Tensor>;
 }
 
 /** The model config of a checkpoint dir: the project's fields, or Hugging Face's (hf-names.ts). */
@@ -180,23 +197,40 @@ export function readModelFiles(dir: string): { tensors: Record<string, TensorDat
   return { tensors, path: index };
 }
 
-/** In-memory params of a checkpoint dir (HF or legacy layout, any float dtype), checked against the config. */
-export function readModelParams(dir: string, config: ModelConfig): Record<string, tf.Tensor> {
+/**
+ * In-memory params of a checkpoint dir (HF or legacy layout, any float dtype), checked against the config.
+ * Task heads (headShapes, stored under their HF names) are taken out first: into `heads` when given, else dropped.
+ */
+export function readModelParams(dir: string, config: ModelConfig, heads?: Record<string, tf.Tensor>): Record<string, tf.Tensor> {
   const { tensors, path } = readModelFiles(dir);
+  for (const [name, shape] of Object.entries(headShapes(config))) {
+    const t = tensors[name];
+    if (!t) continue;
+    delete tensors[name];
+    if (t.shape.join(',') !== shape.join(',')) throw new Error(`${path}: '${name}' has shape [${t.shape}] but config.json implies [${shape}]`);
+    const data = toFloat32(t);
+    assertFinite(path, name, data);
+    if (heads) heads[name] = tf.tensor(data, t.shape, 'float32');
+  }
   const host = fromFileTensors(config, tensors, path);
   for (const [name, t] of Object.entries(host)) assertFinite(path, name, t.data);
   return Object.fromEntries(Object.entries(host).map(([k, t]) => [k, tf.tensor(t.data, t.shape, 'float32')]));
 }
 
-/** Load a checkpoint directory: config, weights (checked against the config's shapes), tokenizer. */
-export function loadCheckpoint(dir: string): LoadedCheckpoint {
+/**
+ * Load a checkpoint directory: config, weights (checked against the config's shapes), tokenizer. Task
+ * heads (headShapes) are returned in `heads` with o.heads, and otherwise dropped: the transformer of a
+ * reward model is still a causal LM.
+ */
+export function loadCheckpoint(dir: string, o: { heads?: boolean } = {}): LoadedCheckpoint {
   prepareToLoad(dir); // before the existence check: a crash mid-save may have left it aside
   if (!existsSync(dir)) throw new Error(`${dir}: checkpoint directory not found`);
   const config = readModelConfig(dir);
-  const params = readModelParams(dir, config);
+  const heads: Record<string, tf.Tensor> = {};
+  const params = readModelParams(dir, config, o.heads ? heads : undefined);
   const tokenizer = Tokenizer.load(dir);
   const manifest = existsSync(join(dir, 'manifest.json')) ? readManifest(dir) : undefined;
-  return { dir, config, params, tokenizer, manifest };
+  return { dir, config, params, tokenizer, manifest, ...(o.heads ? { heads } : {}) };
 }
 
 /**

@@ -19,5 +19,7 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'import', describe: 'convert an external model (llama2.c .bin + tok.bin, or a Hugging Face Llama/GPT-2 directory) into a checkpoint directory', load: async () => (await import('./import.js')).importCommand },
   { name: 'sft', describe: 'full instruction fine-tuning on Alpaca / chat JSONL (loss on assistant tokens only)', load: async () => (await import('./sft.js')).sftCommand },
   { name: 'lora', describe: 'LoRA fine-tuning (train an adapter), or `lora merge` to fold an adapter into its base', load: async () => (await import('./lora.js')).loraCommand },
+  { name: 'rm', describe: 'train a reward model (Bradley–Terry on preference pairs), or `rm score` to score rows', load: async () => (await import('./rm.js')).rmCommand },
+  { name: 'dpo', describe: 'direct preference optimization (sigmoid / ipo / hinge) of an SFT checkpoint against a frozen reference', load: async () => (await import('./dpo.js')).dpoCommand },
   { name: 'pipeline', describe: 'run several stages in order, each reading the checkpoint the previous one wrote', load: async () => (await import('./pipeline.js')).pipelineCommand },
 ];

@@ -13,10 +13,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { existsSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
-import { type HostTensor, fromPeft, toPeft } from '../checkpoint/hf-names.js';
+import { type HostTensor, PEFT_PREFIX, fromPeft, toPeft } from '../checkpoint/hf-names.js';
 import { readJson, writeJson } from '../checkpoint/manifest.js';
 import { CONFIG_FILE, type LoadedCheckpoint, disposeParams, hostToTensorData, loadCheckpoint, readModelConfig } from '../checkpoint/model.js';
-import { readSafetensors, writeSafetensors } from '../checkpoint/safetensors.js';
+import { readSafetensors, toFloat32, writeSafetensors } from '../checkpoint/safetensors.js';
 import { assertFinite, prepareToLoad } from '../checkpoint/verify.js';
 import { Rng } from '../util/rng.js';
 import { Tokenizer } from '../tokenizer/index.js';
@@ -69,14 +69,20 @@ export function initLora(model: ModelConfig, c: LoraConfig, seed: number): Param
   return out;
 }
 
-export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel: string, model: ModelConfig): void {
+/**
+ * Write the adapter in PEFT's layout (hf-names.ts). `heads` (a reward model's `score.weight`, [out, in]) are
+ * trained in full beside the adapter, as PEFT's modules_to_save: stored as `base_model.model.score.weight`.
+ */
+export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel: string, model: ModelConfig, heads: Params = {}): void {
   const host: Record<string, HostTensor> = {};
   for (const [name, t] of Object.entries(lora)) host[name] = { shape: t.shape.slice(), data: t.dataSync() as Float32Array };
   const peft = toPeft(model, host, c.r, c.alpha);
+  for (const [name, t] of Object.entries(heads)) peft.tensors[PEFT_PREFIX + name] = { shape: t.shape.slice(), data: t.dataSync() as Float32Array };
+  const saved = [...(peft.modules_to_save ?? []), ...Object.keys(heads).map((n) => n.replace(/\.weight$/, ''))];
   writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), hostToTensorData(peft.tensors), { format: 'pt' });
   writeJson(join(dir, ADAPTER_CONFIG_FILE), {
     peft_type: 'LORA',
-    task_type: 'CAUSAL_LM',
+    task_type: Object.keys(heads).length ? 'SEQ_CLS' : 'CAUSAL_LM',
     r: c.r,
     lora_alpha: c.alpha,
     lora_dropout: c.dropout,
@@ -85,7 +91,7 @@ export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel:
     alpha_pattern: peft.alpha_pattern,
     bias: 'none',
     fan_in_fan_out: peft.fan_in_fan_out,
-    modules_to_save: peft.modules_to_save,
+    modules_to_save: saved.length ? saved : null,
     init_lora_weights: true,
     use_rslora: false,
     use_dora: false,
@@ -112,7 +118,7 @@ function adapterModelConfig(dir: string, baseModel: string, model?: ModelConfig)
   throw new Error(`${join(dir, ADAPTER_CONFIG_FILE)}: cannot find the base model's config.json (base_model_name_or_path ${JSON.stringify(baseModel)})`);
 }
 
-export function loadAdapter(dir: string, model?: ModelConfig): { lora: Params; config: LoraConfig; baseModel: string } {
+export function loadAdapter(dir: string, model?: ModelConfig): { lora: Params; config: LoraConfig; baseModel: string; heads: Params } {
   prepareToLoad(dir);
   const cfgPath = join(dir, ADAPTER_CONFIG_FILE);
   if (!existsSync(cfgPath)) throw new Error(`${cfgPath}: not found (is ${dir} a LoRA adapter directory?)`);
@@ -125,7 +131,17 @@ export function loadAdapter(dir: string, model?: ModelConfig): { lora: Params; c
   const baseModel = resolveBaseModel(dir, String(raw.base_model_name_or_path ?? ''));
   const mc = adapterModelConfig(dir, baseModel, model);
   const path = join(dir, ADAPTER_WEIGHTS_FILE);
-  const host = fromPeft(mc, readSafetensors(path).tensors, { r: raw.r, lora_alpha: raw.lora_alpha, rank_pattern: raw.rank_pattern, alpha_pattern: raw.alpha_pattern }, path);
+  const tensors = readSafetensors(path).tensors;
+  // A reward model's head, trained beside the adapter (modules_to_save), is not part of the causal LM.
+  const heads: Params = {};
+  const score = tensors[`${PEFT_PREFIX}score.weight`];
+  if (score) {
+    delete tensors[`${PEFT_PREFIX}score.weight`];
+    const data = toFloat32(score);
+    assertFinite(path, 'score.weight', data);
+    heads['score.weight'] = tf.tensor(data, score.shape, 'float32');
+  }
+  const host = fromPeft(mc, tensors, { r: raw.r, lora_alpha: raw.lora_alpha, rank_pattern: raw.rank_pattern, alpha_pattern: raw.alpha_pattern }, path);
   const lora: Params = {};
   for (const [k, t] of Object.entries(host)) {
     assertFinite(path, k, t.data);
@@ -133,7 +149,7 @@ export function loadAdapter(dir: string, model?: ModelConfig): { lora: Params; c
   }
   const targets = [...new Set(Object.keys(lora).filter((k) => /\.lora_[AB]$/.test(k)).map((k) => k.replace(/\.lora_[AB]$/, '').split('.').pop()!))];
   const config: LoraConfig = { r: raw.r, alpha: raw.lora_alpha, dropout: Number(raw.lora_dropout ?? 0), target_modules: targets };
-  return { lora, config, baseModel };
+  return { lora, config, baseModel, heads };
 }
 
 /** Every adapted module must exist in the base model; whole tensors saved with the adapter must fit it. */
@@ -165,7 +181,8 @@ export function alignBaseToAdapter(model: LoadedCheckpoint, adapterDir: string):
 
 /** Base params + adapter entries, ready for forward(..., { loraScale: scale }). */
 export function applyAdapter(base: Params, dir: string, model?: ModelConfig): { params: Params; scale: number; dispose(): void } {
-  const { lora, config } = loadAdapter(dir, model);
+  const { lora, config, heads } = loadAdapter(dir, model);
+  disposeParams(heads); // a reward model's head; generation reads the causal LM only
   checkAdapterTargets(base, lora, dir);
   return { params: { ...base, ...lora }, scale: loraScale(config), dispose: () => Object.values(lora).forEach((t) => t.dispose()) };
 }
