@@ -107,6 +107,12 @@ export interface ForwardOptions {
    * computing dW (LoRA's speed-up over full fine-tuning depends on it). Forward values are unchanged.
    */
   freezeBase?: boolean;
+  /**
+   * Batched prompts of different lengths, left-padded: row b's first leftPad[b] slots are padding. They
+   * are masked out of attention and the row's positions start at 0 after them (Hugging Face's
+   * attention_mask + position_ids), so each row computes what it would alone.
+   */
+  leftPad?: number[];
 }
 
 export interface KVCache {
@@ -172,28 +178,41 @@ function mlp(p: Params, name: string, x: tf.Tensor2D, c: ModelConfig, o: Forward
   return linear(p, `${name}.down_proj`, act as tf.Tensor2D, o);
 }
 
-/** Rotary embedding, "rotate half" layout (as Hugging Face Llama): x [B,H,T,hd], positions pos0.. */
-function rope(x: tf.Tensor4D, pos0: number, c: ModelConfig): tf.Tensor4D {
+/** Rotary embedding, "rotate half" layout (as Hugging Face Llama): x [B,H,T,hd], positions pos0.. (minus each row's left padding). */
+function rope(x: tf.Tensor4D, pos0: number, c: ModelConfig, leftPad?: number[]): tf.Tensor4D {
   const [, , T, hd] = x.shape;
   const half = hd / 2;
-  const cos = new Float32Array(T * half), sin = new Float32Array(T * half);
-  for (let t = 0; t < T; t++) {
-    for (let i = 0; i < half; i++) {
-      const angle = (pos0 + t) * Math.pow(c.rope_theta, (-2 * i) / hd);
-      cos[t * half + i] = Math.cos(angle);
-      sin[t * half + i] = Math.sin(angle);
+  const rows = leftPad ?? [0]; // one table for all rows, or one per row
+  const cos = new Float32Array(rows.length * T * half), sin = new Float32Array(rows.length * T * half);
+  rows.forEach((pad, b) => {
+    for (let t = 0; t < T; t++) {
+      for (let i = 0; i < half; i++) {
+        const angle = Math.max(0, pos0 + t - pad) * Math.pow(c.rope_theta, (-2 * i) / hd);
+        cos[(b * T + t) * half + i] = Math.cos(angle);
+        sin[(b * T + t) * half + i] = Math.sin(angle);
+      }
     }
-  }
-  const cosT = tf.tensor2d(cos, [T, half]), sinT = tf.tensor2d(sin, [T, half]);
+  });
+  const shape: number[] = leftPad ? [rows.length, 1, T, half] : [T, half];
+  const cosT = tf.tensor(cos, shape), sinT = tf.tensor(sin, shape);
   const [x1, x2] = tf.split(x, 2, -1) as [tf.Tensor4D, tf.Tensor4D];
   return tf.concat([tf.sub(tf.mul(x1, cosT), tf.mul(x2, sinT)), tf.add(tf.mul(x2, cosT), tf.mul(x1, sinT))], -1) as tf.Tensor4D;
 }
 
-/** Additive causal mask [T, S] for queries at positions pos0..pos0+T-1 over keys 0..S-1. */
-function causalMask(T: number, S: number, pos0: number): tf.Tensor2D {
-  const m = new Float32Array(T * S);
-  for (let t = 0; t < T; t++) for (let s = pos0 + t + 1; s < S; s++) m[t * S + s] = -1e9;
-  return tf.tensor2d(m, [T, S]);
+/**
+ * Additive causal mask [T, S] for queries at positions pos0..pos0+T-1 over keys 0..S-1; with left
+ * padding, [B*H, T, S] that also hides row b's first leftPad[b] keys.
+ */
+function causalMask(T: number, S: number, pos0: number, leftPad?: number[], nHead = 1): tf.Tensor {
+  const rows = leftPad ?? [0], heads = leftPad ? nHead : 1;
+  const m = new Float32Array(rows.length * heads * T * S);
+  rows.forEach((pad, b) => {
+    for (let h = 0; h < heads; h++) {
+      const o = (b * heads + h) * T * S;
+      for (let t = 0; t < T; t++) for (let s = 0; s < S; s++) if (s > pos0 + t || s < pad) m[o + t * S + s] = -1e9;
+    }
+  });
+  return leftPad ? tf.tensor3d(m, [rows.length * nHead, T, S]) : tf.tensor2d(m, [T, S]);
 }
 
 function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, layer: number, c: ModelConfig, o: ForwardOptions): tf.Tensor2D {
@@ -204,8 +223,8 @@ function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, lay
   let k = heads(linear(p, `${name}.k_proj`, x, o), c.n_kv_head);
   let v = heads(linear(p, `${name}.v_proj`, x, o), c.n_kv_head);
   if (c.arch === 'llama') {
-    q = rope(q, pos0, c);
-    k = rope(k, pos0, c);
+    q = rope(q, pos0, c, o.leftPad);
+    k = rope(k, pos0, c, o.leftPad);
   }
   if (o.cache) {
     const pk = o.cache.k[layer], pv = o.cache.v[layer];
@@ -229,7 +248,7 @@ function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, lay
   const q3 = tf.reshape(q, [B * c.n_head, T, hd]) as tf.Tensor3D;
   const kT = tf.transpose(tf.reshape(k, [B * c.n_head, S, hd]), [0, 2, 1]) as tf.Tensor3D;
   const v3 = tf.reshape(v, [B * c.n_head, S, hd]) as tf.Tensor3D;
-  const scores = tf.add(tf.mul(bmm(q3, kT), 1 / Math.sqrt(hd)), causalMask(T, S, pos0));
+  const scores = tf.add(tf.mul(bmm(q3, kT), 1 / Math.sqrt(hd)), causalMask(T, S, pos0, o.leftPad, c.n_head));
   let att = tf.softmax(scores) as tf.Tensor3D;
   if (o.training && c.dropout > 0) att = tf.dropout(att, c.dropout) as tf.Tensor3D;
   const y = tf.transpose(tf.reshape(bmm(att, v3), [B, c.n_head, T, hd]), [0, 2, 1, 3]);
@@ -250,7 +269,10 @@ export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: Forwa
   if (pos0 + T > c.n_ctx) throw new Error(`sequence of ${pos0 + T} tokens exceeds the context length ${c.n_ctx}`);
   const out = tf.tidy(() => {
     let x = embedding(p['wte.weight'] as tf.Tensor2D, tf.reshape(tokens, [B * T]) as tf.Tensor1D);
-    if (c.arch === 'gpt2') {
+    if (c.arch === 'gpt2' && o.leftPad) {
+      const pos = Int32Array.from({ length: B * T }, (_, i) => Math.max(0, pos0 + (i % T) - o.leftPad![Math.floor(i / T)]!));
+      x = tf.add(x, embedding(p['wpe.weight'] as tf.Tensor2D, tf.tensor1d(pos, 'int32')));
+    } else if (c.arch === 'gpt2') {
       const wpe = tf.slice(p['wpe.weight']!, [pos0, 0], [T, c.n_embd]);
       x = tf.reshape(tf.add(tf.reshape(x, [B, T, c.n_embd]), wpe), [B * T, c.n_embd]);
     }
