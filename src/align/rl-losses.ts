@@ -43,6 +43,16 @@ export function gae(rewards: Rows, values: Rows, mask: Rows, gamma: number, lam:
   return { advantages, returns };
 }
 
+/** PPO's per-token reward: −β·KL on every response token, plus the sequence's score on its last token. */
+export function shapeRewards(scores: readonly number[], kl: number[][], mask: number[][], beta: number): number[][] {
+  return kl.map((row, i) => {
+    const out = row.map((k, t) => (mask[i]![t] ? -beta * k : 0));
+    const last = mask[i]!.lastIndexOf(1);
+    if (last >= 0) out[last]! += scores[i]!;
+    return out;
+  });
+}
+
 /** Mean and unbiased variance (Bessel's n/(n−1), as TRL's masked_var) of the entries where mask is 1. */
 export function maskedMoments(x: Rows, mask: Rows): { mean: number; variance: number; count: number } {
   let sum = 0, n = 0;

@@ -9,7 +9,7 @@
  * `<name>.lora_A/B` when present, so no layer needs to know about fine-tuning.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { bmm, embedding, fastDropout, linear as linearKernel, loraDelta, matmul, matmulFrozen } from './kernels.js';
+import { bmm, embedding, fastDropout, linear as linearKernel, loraDelta, matmul, matmulFrozen, oneHotFloat } from './kernels.js';
 
 export interface ModelConfig {
   arch: 'gpt2' | 'llama';
@@ -271,7 +271,8 @@ export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: Forwa
     let x = embedding(p['wte.weight'] as tf.Tensor2D, tf.reshape(tokens, [B * T]) as tf.Tensor1D);
     if (c.arch === 'gpt2' && o.leftPad) {
       const pos = Int32Array.from({ length: B * T }, (_, i) => Math.max(0, pos0 + (i % T) - o.leftPad![Math.floor(i / T)]!));
-      x = tf.add(x, embedding(p['wpe.weight'] as tf.Tensor2D, tf.tensor1d(pos, 'int32')));
+      // A one-hot matmul rather than `embedding`: its gradient saves the scope-local position ids.
+      x = tf.add(x, matmul(oneHotFloat(tf.tensor1d(pos, 'int32'), c.n_ctx), p['wpe.weight'] as tf.Tensor2D));
     } else if (c.arch === 'gpt2') {
       const wpe = tf.slice(p['wpe.weight']!, [pos0, 0], [T, c.n_embd]);
       x = tf.reshape(tf.add(tf.reshape(x, [B, T, c.n_embd]), wpe), [B * T, c.n_embd]);

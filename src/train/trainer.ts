@@ -217,8 +217,8 @@ function scaleAll(grads: Record<string, tf.Tensor>, s: number): Record<string, t
   return out;
 }
 
-/** On resume, drop log lines from steps after the checkpoint (a crashed run may have logged past it). */
-function truncateMetrics(path: string, step: number): void {
+/** On resume, drop log lines from steps after the checkpoint (a crashed run may have logged past it). Also used by ppo (metrics, samples). */
+export function truncateMetrics(path: string, step: number): void {
   if (!existsSync(path)) return;
   const kept = readFileSync(path, 'utf8').split('\n').filter((line) => {
     if (!line.trim()) return false;

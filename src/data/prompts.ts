@@ -1,0 +1,85 @@
+/**
+ * Prompts for RL (ppo / grpo): JSONL rows in the formats the field uses.
+ *   {"prompt": "..."}                      plain prompt (extra fields such as chosen/rejected are ignored)
+ *   {"prompt": [{role, content}, ...]}     conversational prompt (TRL's conversational preference rows)
+ *   {"messages": [{role, content}, ...]}   a chat; the prompt is everything before the last assistant turn
+ *   {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}   HH-RLHF: the dialogue before the last Assistant turn
+ */
+import { readFileSync } from 'node:fs';
+import type { ChatMessage } from '../tokenizer/chat.js';
+import type { Tokenizer } from '../tokenizer/index.js';
+import { promptIds } from '../model/prompt.js';
+
+export type Prompt = { text: string } | { messages: ChatMessage[] };
+
+/** Prompts of a JSONL file, each with its 1-based line number (for error messages). */
+export function readPromptsJsonl(path: string, maxRows?: number): { prompt: Prompt; line: number }[] {
+  const lines = readFileSync(path, 'utf8').split('\n');
+  const out: { prompt: Prompt; line: number }[] = [];
+  for (let i = 0; i < lines.length && (maxRows === undefined || out.length < maxRows); i++) {
+    const line = lines[i]!.trim();
+    if (!line) continue;
+    let row: unknown;
+    try {
+      row = JSON.parse(line);
+    } catch (err) {
+      throw new Error(`${path}: line ${i + 1}: not JSON (${(err as Error).message})`);
+    }
+    try {
+      out.push({ prompt: parsePromptRow(row), line: i + 1 });
+    } catch (err) {
+      throw new Error(`${path}: line ${i + 1}: ${(err as Error).message}`);
+    }
+  }
+  if (out.length === 0) throw new Error(`${path}: no prompts (empty file)`);
+  return out;
+}
+
+export function parsePromptRow(row: unknown): Prompt {
+  if (typeof row !== 'object' || row === null || Array.isArray(row)) throw new Error('expected a JSON object');
+  const r = row as Record<string, unknown>;
+  if (typeof r.prompt === 'string') {
+    if (!r.prompt.trim()) throw new Error('prompt: empty');
+    return { text: r.prompt };
+  }
+  if (Array.isArray(r.prompt)) return { messages: messagesBeforeReply(r.prompt, 'prompt') };
+  if (Array.isArray(r.messages)) return { messages: messagesBeforeReply(r.messages, 'messages') };
+  if (typeof r.chosen === 'string') return { messages: hhPrompt(r.chosen) };
+  throw new Error('expected a "prompt", "messages" or HH-RLHF "chosen" field');
+}
+
+function messagesBeforeReply(list: unknown[], field: string): ChatMessage[] {
+  const msgs = list.map((m, j) => {
+    const o = m as Record<string, unknown>;
+    if (typeof o !== 'object' || o === null || typeof o.content !== 'string' || !['system', 'user', 'assistant'].includes(o.role as string)) {
+      throw new Error(`${field}[${j}]: expected {role: system|user|assistant, content: string}`);
+    }
+    return { role: o.role as ChatMessage['role'], content: o.content };
+  });
+  while (msgs.length && msgs.at(-1)!.role === 'assistant') msgs.pop(); // the reply is what the policy writes
+  if (!msgs.some((m) => m.role === 'user')) throw new Error(`${field}: no user turn before the reply`);
+  return msgs;
+}
+
+/** "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d" → user a, assistant b, user c. */
+function hhPrompt(text: string): ChatMessage[] {
+  const parts = text.split(/\n\n(Human|Assistant): /).slice(1);
+  const msgs: ChatMessage[] = [];
+  for (let j = 0; j + 1 < parts.length; j += 2) msgs.push({ role: parts[j] === 'Human' ? 'user' : 'assistant', content: parts[j + 1]!.trim() });
+  if (msgs.length === 0) throw new Error('chosen: no "\\n\\nHuman: " turn (HH-RLHF format)');
+  return messagesBeforeReply(msgs, 'chosen');
+}
+
+/** Token ids of a prompt, ending where the response starts (ChatML: after the assistant header). */
+export function encodePrompt(tokenizer: Tokenizer, p: Prompt, chat: boolean): number[] {
+  if ('messages' in p) {
+    if (!chat) return promptIds(tokenizer, p.messages.map((m) => m.content).join('\n'), false);
+    return tokenizer.renderChat(p.messages, { addGenerationPrompt: true }).ids;
+  }
+  return promptIds(tokenizer, p.text, chat);
+}
+
+/** Display text of a prompt (samples.jsonl). */
+export function promptText(p: Prompt): string {
+  return 'messages' in p ? p.messages.map((m) => `${m.role}: ${m.content}`).join('\n') : p.text;
+}
