@@ -23,7 +23,7 @@ import { appendFileSync, copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Rollout, chunked, disposeRowBatch, pickRows, responseForward, rowBatch, sampleRollout, valueHead } from '../align/rollout.js';
 import { KlController, clippedValueLoss, gae, groupAdvantages, grpoLoss, klEstimate, ppoPolicyLoss, shapeRewards, whiten } from '../align/rl-losses.js';
-import { ruleReward } from '../align/rule-reward.js';
+import { type ResponseInfo, type RuleRewardConfig, ruleReward } from '../align/rule-reward.js';
 import type { TrainerState } from '../checkpoint/manifest.js';
 import { type LoadedCheckpoint, METRICS_FILE, disposeParams, loadCheckpoint, loadTrainerState, readTensors, resumableDir, saveCheckpoint, toTensorData, toVariables } from '../checkpoint/model.js';
 import { writeSafetensors } from '../checkpoint/safetensors.js';
@@ -45,6 +45,8 @@ const VALUE_TRUNK_PREFIX = 'value_model.';
 
 export interface PpoRunOptions {
   resume?: boolean;
+  /** A reward function in code (like TRL's reward_funcs callables), used instead of cfg.reward. */
+  reward?: (r: ResponseInfo) => number;
   quiet?: boolean;
   /** After every step, with that step's logged metrics (tests watch memory and curves here). */
   onStep?(step: number, metrics: Record<string, number>): void;
@@ -125,10 +127,12 @@ function promptOrder(n: number, seed: number, epoch: number): number[] {
   return order;
 }
 
+/** Resume state beyond the trainer's: prompt cursor, β, and AdamW's update count (several updates per step). */
 interface Cursor {
   epoch: number;
   pos: number;
   kl_coef: number;
+  updates: number;
 }
 
 const mean = (xs: readonly number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
@@ -136,7 +140,7 @@ const rowSums = (rows: number[][], mask: number[][]) => rows.map((r, i) => r.red
 
 export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoResult> {
   const isPpo = cfg.algorithm === 'ppo';
-  if (cfg.reward.type === 'model') {
+  if (cfg.reward.type === 'model' && !o.reward) {
     throw new Error(`${cfg.reward.path}: reward.type model needs the reward-model stage (llmctl rm), which this build does not include yet; use a rule reward (regex | contains | length)`);
   }
   const resumeDir = resumableDir(cfg.out_dir, o.resume);
@@ -168,7 +172,7 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
     } else {
       const start = resumeDir ? loadCheckpoint(resumeDir).params : Object.fromEntries(Object.entries(sft.params).map(([k, t]) => [k, tf.clone(t)]));
       trainable = toVariables(start);
-      policyParams = trainable;
+      policyParams = { ...trainable }; // (trainable grows by the value model below)
     }
     variables.push(...Object.values(trainable));
     // Value model (ppo): a head on the policy trunk, or a separate trunk (default: a copy of the policy) + head.
@@ -209,7 +213,7 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
     // ---- data, reward
     const prompts = loadPrompts(cfg, tokenizer, config.n_ctx);
     if (prompts.train.length === 0) throw new Error(`${cfg.prompts.path}: no training prompts left after holding out eval_fraction ${cfg.prompts.eval_fraction}`);
-    const score = ruleReward(cfg.reward);
+    const score = o.reward ?? ruleReward(cfg.reward as RuleRewardConfig);
     const stopIds = new Set(stopTokenIds(tokenizer));
     const responseInfo = (ids: number[]) => {
       const body = ids.length && stopIds.has(ids.at(-1)!) ? ids.slice(0, -1) : ids;
@@ -249,9 +253,9 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
     let tokensSeen = resume?.state.tokens_seen ?? 0;
     let lastLoss = resume?.state.last_loss ?? NaN;
     const saved = resume?.state.data_cursor as Cursor | undefined;
-    const cursor: Cursor = saved ? { ...saved } : { epoch: 0, pos: 0, kl_coef: cfg.ppo.kl.coef };
+    const cursor: Cursor = saved ? { ...saved } : { epoch: 0, pos: 0, kl_coef: cfg.ppo.kl.coef, updates: 0 };
     const kl = new KlController(cursor.kl_coef, cfg.ppo.kl.target, cfg.ppo.kl.horizon);
-    if (resume) optimizer.loadState(resume.optimizer, resume.state.step);
+    if (resume) optimizer.loadState(resume.optimizer, cursor.updates); // Adam's bias correction counts updates, not steps
     let order = promptOrder(prompts.train.length, cfg.train.seed, cursor.epoch);
     mkdirSync(cfg.out_dir, { recursive: true });
     const metricsLog = join(cfg.out_dir, METRICS_FILE), samplesLog = join(cfg.out_dir, SAMPLES_FILE);
@@ -267,7 +271,7 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
         tokens_seen: tokensSeen,
         rng_state: rng.getState(),
         lr,
-        data_cursor: { ...cursor, kl_coef: kl.value },
+        data_cursor: { ...cursor, kl_coef: kl.value, updates: optimizer.step },
         ...(Number.isFinite(lastLoss) ? { last_loss: lastLoss } : {}),
         schedule: { kind: cfg.optim.schedule, peak_lr: cfg.optim.lr, min_lr: cfg.optim.min_lr, warmup_steps: cfg.optim.warmup_steps, total_steps: cfg.train.max_steps },
       };

@@ -1,0 +1,162 @@
+/**
+ * The ppo stage on a tiny model: PPO's invariants (first ratio exactly 1, KL 0 while policy = reference,
+ * frozen roles bit-identical, flat tensor count), resume on the same curve, GRPO, LoRA and shared-value
+ * variants, the files written, and bad input.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend } from '../src/backend/index.js';
+import { readManifest, verifyManifestFiles } from '../src/checkpoint/manifest.js';
+import { loadCheckpoint, loadTrainerState } from '../src/checkpoint/model.js';
+import { readSafetensors } from '../src/checkpoint/safetensors.js';
+import { PpoConfigSchema } from '../src/config/ppo.js';
+import { loadAdapter } from '../src/model/lora.js';
+import { NonFiniteLossError } from '../src/train/trainer.js';
+import { SAMPLES_FILE, VALUE_HEAD_FILE, ppo } from '../src/train/ppo.js';
+import { Tokenizer } from '../src/tokenizer/index.js';
+import { setupLogger } from '../src/util/log.js';
+import { ALPACA_30, writeTinyBase } from './finetune-fixtures.js';
+
+await initBackend('wasm');
+setupLogger('silent');
+
+const TMP = mkdtempSync(join(tmpdir(), 'llmctl-ppo-test-'));
+after(() => rmSync(TMP, { recursive: true, force: true }));
+const BASE = join(TMP, 'base'), PROMPTS = join(TMP, 'prompts.jsonl');
+
+before(async () => {
+  await writeTinyBase(BASE);
+  const rows = readFileSync(ALPACA_30, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { instruction: string }).instruction.slice(0, 24));
+  writeFileSync(PROMPTS, rows.map((p) => JSON.stringify({ prompt: p })).join('\n') + '\n');
+});
+
+function config(out: string, over: Record<string, unknown> = {}) {
+  return PpoConfigSchema.parse({
+    policy: BASE,
+    reward: { type: 'contains', text: 'e' },
+    prompts: { path: PROMPTS, eval_fraction: 0.2 },
+    rollout: { batch_size: 4, group_size: 2, max_new_tokens: 6 },
+    ppo: { epochs: 2, mini_batch_size: 2, kl: { coef: 0.1, target: 1, horizon: 100 } },
+    optim: { lr: 3e-3, warmup_steps: 0, schedule: 'constant', weight_decay: 0 },
+    train: { max_steps: 3, eval_prompts: 4, sample_every: 1 },
+    out_dir: join(TMP, out),
+    ...over,
+  });
+}
+
+const same = (a: tf.Tensor, b: tf.Tensor) => Buffer.from((a.dataSync() as Float32Array).buffer).equals(Buffer.from((b.dataSync() as Float32Array).buffer));
+
+describe('ppo invariants', () => {
+  test('first mini-batch: ratio exactly 1, clipfrac 0; KL exactly 0 while the policy is the reference; frozen reference bit-identical; tensors flat', async () => {
+    const updates: { step: number; epoch: number; minibatch: number; ratio: number; clipfrac: number; maxAbsLogRatio: number }[] = [];
+    const steps: { step: number; kl: number; tensors: number }[] = [];
+    let referenceSame = false, policyMoved = false;
+    const cfg = config('ppo-a');
+    const r = await ppo(cfg, {
+      quiet: true,
+      onUpdate: (u) => updates.push(u),
+      onStep: (step, m) => steps.push({ step, kl: m['objective/kl']!, tensors: tf.memory().numTensors }),
+      inspect: ({ policy, reference }) => {
+        const disk = loadCheckpoint(BASE);
+        referenceSame = Object.keys(disk.params).every((k) => same(reference[k]!, disk.params[k]!));
+        policyMoved = Object.keys(disk.params).some((k) => !same(policy[k]!, disk.params[k]!));
+        for (const t of Object.values(disk.params)) t.dispose();
+      },
+    });
+    const first = updates[0]!;
+    assert.deepEqual([first.step, first.epoch, first.minibatch], [1, 0, 0]);
+    assert.equal(first.ratio, 1);
+    assert.equal(first.clipfrac, 0);
+    assert.equal(first.maxAbsLogRatio, 0, 'rollout and update log-probs agree bit for bit');
+    assert.equal(updates.length, 3 * 2 * 2, '3 steps × 2 epochs × 2 mini-batches');
+    assert.equal(steps[0]!.kl, 0, 'step 1 samples from the reference itself');
+    assert.equal(r.evalStart!.kl, 0);
+    assert.ok(referenceSame, 'reference weights unchanged');
+    assert.ok(policyMoved, 'the policy trained');
+    assert.ok(steps.every((s) => s.tensors === steps[0]!.tensors), `tensor counts ${steps.map((s) => s.tensors)}`);
+    // The files: a full checkpoint, the value model beside it, the logs.
+    const out = cfg.out_dir;
+    await verifyManifestFiles(out, readManifest(out));
+    assert.equal(readManifest(out).stage, 'ppo');
+    const value = readSafetensors(join(out, VALUE_HEAD_FILE)).tensors;
+    assert.deepEqual(value['v_head.weight']!.shape, [32, 1]);
+    assert.ok(value['value_model.wte.weight'], 'separate value trunk saved');
+    const metrics = readFileSync(join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    for (const k of ['objective/kl', 'objective/entropy', 'objective/scores', 'objective/rlhf_reward', 'policy/approxkl_avg', 'policy/clipfrac_avg', 'loss/policy_avg', 'loss/value_avg', 'val/clipfrac_avg', 'val/ratio', 'val/num_eos_tokens', 'kl_coef', 'time/rollout', 'time/update']) {
+      assert.ok(metrics.some((m) => Number.isFinite(m[k])), `metrics.jsonl has ${k}`);
+    }
+    assert.equal(readFileSync(join(out, SAMPLES_FILE), 'utf8').trim().split('\n').length, 3);
+    const loaded = loadCheckpoint(out); // the policy is an ordinary checkpoint
+    for (const t of Object.values(loaded.params)) t.dispose();
+  });
+
+  test('resume after step 2 continues the same curve (RNG, β controller, optimizer, value model, prompt cursor)', async () => {
+    const straight: Record<string, number>[] = [], resumed: Record<string, number>[] = [];
+    await ppo(config('straight', { train: { max_steps: 4, eval_prompts: 2 } }), { quiet: true, onStep: (_, m) => straight.push(m) });
+    await ppo(config('resumed', { train: { max_steps: 2, eval_prompts: 2 } }), { quiet: true, onStep: (_, m) => resumed.push(m) });
+    const state = loadTrainerState(join(TMP, 'resumed'))!.state;
+    assert.equal(state.step, 2);
+    assert.notEqual((state.data_cursor as { kl_coef: number }).kl_coef, 0.1, 'the adaptive β moved and is saved');
+    await ppo(config('resumed', { train: { max_steps: 4, eval_prompts: 2 } }), { quiet: true, resume: true, onStep: (_, m) => resumed.push(m) });
+    const keys = ['objective/scores', 'objective/kl', 'loss/policy_avg', 'loss/value_avg', 'kl_coef', 'val/ratio'];
+    const pick = (m: Record<string, number>) => keys.map((k) => m[k]);
+    assert.deepEqual(resumed.map(pick), straight.map(pick));
+    const lines = readFileSync(join(TMP, 'resumed', 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { step: number; 'objective/scores'?: number });
+    assert.deepEqual(lines.filter((l) => l['objective/scores'] !== undefined).map((l) => l.step), [1, 2, 3, 4]);
+  });
+
+  test('a NaN reward stops the run without touching the last checkpoint', async () => {
+    const cfg = config('nan', { train: { max_steps: 1, eval_prompts: 2 } });
+    await ppo(cfg, { quiet: true });
+    const before = readFileSync(join(cfg.out_dir, 'manifest.json'), 'utf8');
+    await assert.rejects(ppo({ ...cfg, train: { ...cfg.train, max_steps: 3 } }, { quiet: true, resume: true, reward: () => NaN }), (e: Error) => e instanceof NonFiniteLossError && /non-finite reward/.test(e.message));
+    assert.equal(readFileSync(join(cfg.out_dir, 'manifest.json'), 'utf8'), before);
+  });
+});
+
+describe('ppo variants', () => {
+  test('GRPO: groups of G samples, first ratio 1, no value model', async () => {
+    const firsts: number[] = [];
+    const cfg = config('grpo', { algorithm: 'grpo', ppo: { epochs: 1, mini_batch_size: 8, kl: { coef: 0.04 } } });
+    const r = await ppo(cfg, { quiet: true, onUpdate: (u) => u.minibatch === 0 && u.epoch === 0 && firsts.push(u.ratio) });
+    assert.equal(firsts[0], 1);
+    assert.ok(!existsSync(join(cfg.out_dir, VALUE_HEAD_FILE)));
+    assert.ok(r.metrics['loss/value_avg'] === undefined);
+    assert.equal(readManifest(cfg.out_dir).stage, 'grpo');
+  });
+
+  test('LoRA policy: only the adapter trains, the reference is the base with the adapter off (KL 0 at step 1); shared value head only', async () => {
+    const kls: number[] = [];
+    const cfg = config('lora', { lora: { r: 2, alpha: 4, target_modules: ['q', 'v'] }, value: { shared: true } });
+    const r = await ppo(cfg, { quiet: true, onStep: (_, m) => kls.push(m['objective/kl']!) });
+    assert.equal(kls[0], 0);
+    assert.equal(r.trainableParams, 2 * (32 * 2 + 2 * 32) + 33, 'q,v adapters of one layer + the value head');
+    assert.ok(!existsSync(join(cfg.out_dir, 'model.safetensors')), 'the base is not copied');
+    const a = loadAdapter(cfg.out_dir);
+    assert.equal(a.baseModel, BASE);
+    for (const t of Object.values(a.lora)) t.dispose();
+    assert.deepEqual(Object.keys(readSafetensors(join(cfg.out_dir, VALUE_HEAD_FILE)).tensors).sort(), ['v_head.bias', 'v_head.weight']);
+  });
+});
+
+describe('ppo bad input', () => {
+  test('an empty prompt file, a prompt longer than the context, a reference with another tokenizer: one-line errors naming the file', async () => {
+    const empty = join(TMP, 'empty.jsonl');
+    writeFileSync(empty, '\n');
+    await assert.rejects(ppo(config('bad1', { prompts: { path: empty } }), { quiet: true }), /empty\.jsonl: no prompts/);
+    const long = join(TMP, 'long.jsonl');
+    writeFileSync(long, JSON.stringify({ prompt: 'short' }) + '\n' + JSON.stringify({ prompt: 'word '.repeat(200) }) + '\n');
+    await assert.rejects(ppo(config('bad2', { prompts: { path: long } }), { quiet: true }), /long\.jsonl: line 2: the prompt has \d+ tokens; with rollout\.max_new_tokens 6 that exceeds the context length 64/);
+    const other = join(TMP, 'other');
+    const { saveCheckpoint } = await import('../src/checkpoint/model.js');
+    const ck = loadCheckpoint(BASE);
+    await saveCheckpoint(other, { ...ck, tokenizer: Tokenizer.train(['a different corpus entirely'], { vocabSize: 512 }), stage: 'test', stageConfig: {}, parentDir: null });
+    for (const t of Object.values(ck.params)) t.dispose();
+    await assert.rejects(ppo(config('bad3', { reference: other }), { quiet: true }), /other: reference: its tokenizer differs from the policy's/);
+    assert.ok(!existsSync(join(TMP, 'bad1')) && !existsSync(join(TMP, 'bad3')), 'nothing written');
+  });
+});
