@@ -4,6 +4,7 @@
  * variants, the files written, and bad input.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,6 +21,7 @@ import { SAMPLES_FILE, VALUE_HEAD_FILE, ppo } from '../src/train/ppo.js';
 import { Tokenizer } from '../src/tokenizer/index.js';
 import { setupLogger } from '../src/util/log.js';
 import { ALPACA_30, writeTinyBase } from './finetune-fixtures.js';
+import { REPO } from './paths.js';
 
 await initBackend('wasm');
 setupLogger('silent');
@@ -158,5 +160,40 @@ describe('ppo bad input', () => {
     for (const t of Object.values(ck.params)) t.dispose();
     await assert.rejects(ppo(config('bad3', { reference: other }), { quiet: true }), /other: reference: its tokenizer differs from the policy's/);
     assert.ok(!existsSync(join(TMP, 'bad1')) && !existsSync(join(TMP, 'bad3')), 'nothing written');
+  });
+});
+
+describe('llmctl ppo (CLI)', () => {
+  const cli = (args: string[]) => new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'ppo', ...args, '--backend', 'wasm', '--log-level', 'silent'], { cwd: REPO, env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+  const yaml = (out: string, prompts: string) => {
+    const path = join(TMP, `${out}.yaml`);
+    writeFileSync(path, [
+      `policy: ${BASE}`, 'reward: {type: regex, pattern: "[aeiou]{2}"}', `prompts: {path: ${prompts}, eval_fraction: 0.2}`,
+      'rollout: {batch_size: 2, max_new_tokens: 4}', 'ppo: {epochs: 1, mini_batch_size: 2}', 'value: {shared: true}',
+      'train: {max_steps: 2, eval_prompts: 2}', `out_dir: ${join(TMP, out)}`, '',
+    ].join('\n'));
+    return path;
+  };
+
+  test('a run prints its summary as JSON; bad input is one line on stderr with exit code 2', async () => {
+    const ok = await cli(['--config', yaml('cli-ok', PROMPTS), '--json']);
+    assert.equal(ok.code, 0, ok.stderr);
+    const summary = JSON.parse(ok.stdout) as Record<string, number>;
+    assert.equal(summary.steps, 2);
+    assert.equal(summary.eval_kl_before, 0);
+    const empty = join(TMP, 'cli-empty.jsonl');
+    writeFileSync(empty, '');
+    const bad = await cli(['--config', yaml('cli-bad', empty)]);
+    assert.equal(bad.code, 2);
+    assert.deepEqual(bad.stderr.trim().split('\n'), [`llmctl ppo: ${empty}: no prompts (empty file)`]);
+    const typo = await cli(['--config', yaml('cli-typo', PROMPTS), '--set', 'ppo.clip_range=0.1']);
+    assert.equal(typo.code, 2);
+    assert.equal(typo.stderr, 'llmctl ppo: --set ppo.clip_range=0.1: ppo.clip_range: unknown key\n');
   });
 });
