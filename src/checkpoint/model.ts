@@ -46,6 +46,16 @@ export interface SaveOptions {
   extra?: (tmpDir: string) => void | Promise<void>;
   /** Only write these params (e.g. LoRA saves adapters via `extra` and skips the base). */
   skipModel?: boolean;
+  /**
+   * Task heads stored beside the transformer, already in Hugging Face's [out, in] layout (e.g. a reward
+   * model's `score.weight` [1, n_embd], as *ForSequenceClassification); config.json then names that class.
+   */
+  heads?: Record<string, tf.Tensor>;
+}
+
+/** Heads a checkpoint may carry besides the transformer: name → shape. */
+export function headShapes(c: ModelConfig): Record<string, number[]> {
+  return { 'score.weight': [1, c.n_embd] };
 }
 
 /** Convert a tensor map to safetensors records (async reads, so the event loop and SIGINT stay live). */
@@ -59,13 +69,16 @@ export async function toTensorData(tensors: Record<string, tf.Tensor>, transpose
   return out;
 }
 
-export function configJson(c: ModelConfig): Record<string, unknown> {
+export function configJson(c: ModelConfig, heads: readonly string[] = []): Record<string, unknown> {
   const hd = c.n_embd / c.n_head;
+  const family = c.arch === 'llama' ? 'Llama' : 'GPT2';
+  const reward = heads.includes('score.weight');
   return {
     ...c,
     // Hugging Face-style aliases, so tools that sniff config.json see familiar fields.
     model_type: c.arch === 'llama' ? 'llama' : 'gpt2',
-    architectures: [c.arch === 'llama' ? 'LlamaForCausalLM' : 'GPT2LMHeadModel'],
+    architectures: [reward ? `${family}ForSequenceClassification` : c.arch === 'llama' ? 'LlamaForCausalLM' : 'GPT2LMHeadModel'],
+    ...(reward ? { num_labels: 1 } : {}),
     hidden_size: c.n_embd,
     num_hidden_layers: c.n_layer,
     num_attention_heads: c.n_head,
@@ -81,12 +94,12 @@ export function configJson(c: ModelConfig): Record<string, unknown> {
 }
 
 export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void> {
-  const weights = o.skipModel ? undefined : await toTensorData(o.params, true);
+  const weights = o.skipModel ? undefined : { ...(await toTensorData(o.params, true)), ...(await toTensorData(o.heads ?? {}, false)) };
   const optimizer = o.trainer ? await toTensorData(o.trainer.optimizer, false) : undefined;
   const parent = o.parentDir ? { path: o.parentDir, sha256: existsSync(join(o.parentDir, 'manifest.json')) ? await sha256File(join(o.parentDir, 'manifest.json')) : '' } : null;
   await writeDirAtomic(dir, async (tmp) => {
     const files = [CONFIG_FILE];
-    writeJson(join(tmp, CONFIG_FILE), configJson(o.config));
+    writeJson(join(tmp, CONFIG_FILE), configJson(o.config, Object.keys(o.heads ?? {})));
     if (weights) {
       writeSafetensors(join(tmp, MODEL_FILE), weights, { format: 'pt', producer: 'llmctl' });
       files.push(MODEL_FILE);
@@ -122,6 +135,8 @@ export interface LoadedCheckpoint {
   params: Record<string, tf.Tensor>;
   tokenizer: Tokenizer;
   manifest: Manifest | undefined;
+  /** Task heads (e.g. `score.weight`), only when loadCheckpoint was asked for them. */
+  heads?: Record<string, tf.Tensor>;
 }
 
 export function readModelConfig(dir: string): ModelConfig {
@@ -144,11 +159,29 @@ export function readTensors(path: string, transposeLinear: boolean): Record<stri
   return out;
 }
 
-/** Load a checkpoint directory: config, weights (checked against the config's shapes), tokenizer. */
-export function loadCheckpoint(dir: string): LoadedCheckpoint {
+/**
+ * Load a checkpoint directory: config, weights (checked against the config's shapes), tokenizer. Task
+ * heads (headShapes) are returned in `heads` with o.heads, and otherwise dropped: the transformer of a
+ * reward model is still a causal LM.
+ */
+export function loadCheckpoint(dir: string, o: { heads?: boolean } = {}): LoadedCheckpoint {
   if (!existsSync(dir)) throw new Error(`${dir}: checkpoint directory not found`);
   const config = readModelConfig(dir);
   const params = readTensors(join(dir, MODEL_FILE), true);
+  const heads: Record<string, tf.Tensor> = {};
+  for (const [name, shape] of Object.entries(headShapes(config))) {
+    const t = params[name];
+    if (!t) continue;
+    delete params[name];
+    if (t.shape.join(',') !== shape.join(',')) {
+      t.dispose();
+      disposeParams(params);
+      disposeParams(heads);
+      throw new Error(`${join(dir, MODEL_FILE)}: '${name}' has shape [${t.shape}] but config.json implies [${shape}]`);
+    }
+    if (o.heads) heads[name] = t;
+    else t.dispose();
+  }
   const expected = paramShapes(config);
   for (const [name, shape] of Object.entries(expected)) {
     const t = params[name];
@@ -160,7 +193,7 @@ export function loadCheckpoint(dir: string): LoadedCheckpoint {
   }
   const tokenizer = Tokenizer.load(dir);
   const manifest = existsSync(join(dir, 'manifest.json')) ? readManifest(dir) : undefined;
-  return { dir, config, params, tokenizer, manifest };
+  return { dir, config, params, tokenizer, manifest, ...(o.heads ? { heads } : {}) };
 }
 
 /** out_dir when `resume` is asked and out_dir holds a trainer state; otherwise undefined (logged). */

@@ -18,6 +18,7 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'import', describe: 'convert an external model (llama2.c .bin + tok.bin) into a checkpoint directory', load: async () => (await import('./import.js')).importCommand },
   { name: 'sft', describe: 'full instruction fine-tuning on Alpaca / chat JSONL (loss on assistant tokens only)', load: async () => (await import('./sft.js')).sftCommand },
   { name: 'lora', describe: 'LoRA fine-tuning (train an adapter), or `lora merge` to fold an adapter into its base', load: async () => (await import('./lora.js')).loraCommand },
+  { name: 'rm', describe: 'train a reward model (Bradley–Terry on preference pairs), or `rm score` to score rows', load: async () => (await import('./rm.js')).rmCommand },
   { name: 'ppo', describe: 'RLHF: PPO (value head, KL penalty) or GRPO against a reward model or a rule reward', load: async () => (await import('./ppo.js')).ppoCommand },
   { name: 'pipeline', describe: 'run several stages in order, each reading the checkpoint the previous one wrote', load: async () => (await import('./pipeline.js')).pipelineCommand },
 ];

@@ -224,28 +224,34 @@ export function disposeSftBatch(b: SftBatch): void {
  * micro-batches already drawn, so a resumed run sees exactly the batches a straight run would.
  */
 export function sftBatchSource(examples: readonly SftExample[], batchSize: number, padId: number, seed: number, startDraw = 0): BatchSource<SftBatch> & { epoch(): number } {
-  if (examples.length === 0) throw new Error('no training examples');
-  const n = examples.length;
+  return shuffledBatchSource(examples.length, batchSize, seed, startDraw, (idx) => makeSftBatch(idx.map((i) => examples[i]!), padId), {
+    tokens: (b) => b.inputs.shape[0] * b.inputs.shape[1],
+    dispose: disposeSftBatch,
+  });
+}
+
+/** The draw order above for any example type: `make` builds a batch from example indices. */
+export function shuffledBatchSource<B>(n: number, batchSize: number, seed: number, startDraw: number, make: (indices: number[]) => B, o: Pick<BatchSource<B>, 'tokens' | 'dispose'>): BatchSource<B> & { epoch(): number } {
+  if (n === 0) throw new Error('no training examples');
   let draw = startDraw;
   let permEpoch = -1;
   let perm: number[] = [];
-  const at = (k: number): SftExample => {
+  const at = (k: number): number => {
     const e = Math.floor(k / n);
     if (e !== permEpoch) {
       perm = permutation(n, seed + e);
       permEpoch = e;
     }
-    return examples[perm[k % n]!]!;
+    return perm[k % n]!;
   };
   return {
     next: () => {
-      const batch: SftExample[] = [];
-      for (let i = 0; i < batchSize; i++) batch.push(at(draw * batchSize + i));
+      const idx: number[] = [];
+      for (let i = 0; i < batchSize; i++) idx.push(at(draw * batchSize + i));
       draw += 1;
-      return makeSftBatch(batch, padId);
+      return make(idx);
     },
-    tokens: (b) => b.inputs.shape[0] * b.inputs.shape[1],
-    dispose: disposeSftBatch,
+    ...o,
     epoch: () => (draw * batchSize) / n,
   };
 }
@@ -262,8 +268,8 @@ export function permutation(n: number, seed: number): number[] {
 }
 
 /** Fixed, in-order batches for validation. */
-export function fixedBatches(examples: readonly SftExample[], batchSize: number, maxBatches: number): SftExample[][] {
-  const out: SftExample[][] = [];
+export function fixedBatches<E>(examples: readonly E[], batchSize: number, maxBatches: number): E[][] {
+  const out: E[][] = [];
   for (let i = 0; i < examples.length && out.length < maxBatches; i += batchSize) out.push(examples.slice(i, i + batchSize));
   return out;
 }

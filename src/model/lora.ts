@@ -61,8 +61,13 @@ export function initLora(model: ModelConfig, c: LoraConfig, seed: number): Param
   return out;
 }
 
-export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel: string): void {
+/**
+ * Write the adapter in PEFT's layout. `heads` (a reward model's `score.weight`, [out, in]) are trained in
+ * full beside the adapter, as PEFT's modules_to_save: stored as `base_model.model.score.weight`.
+ */
+export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel: string, heads: Params = {}): void {
   const tensors: Parameters<typeof writeSafetensors>[1] = {};
+  for (const [name, t] of Object.entries(heads)) tensors[PEFT_PREFIX + name] = { dtype: 'F32', shape: t.shape.slice(), data: t.dataSync() as Float32Array };
   for (const [name, t] of Object.entries(lora)) {
     const peft = PEFT_PREFIX + name.replace(/\.lora_([AB])$/, '.lora_$1.weight');
     const stored = tf.tidy(() => tf.transpose(t)); // ours [in, r] / [r, out] → PEFT [r, in] / [out, r]
@@ -72,7 +77,8 @@ export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel:
   writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), tensors, { format: 'pt' });
   writeJson(join(dir, ADAPTER_CONFIG_FILE), {
     peft_type: 'LORA',
-    task_type: 'CAUSAL_LM',
+    task_type: Object.keys(heads).length ? 'SEQ_CLS' : 'CAUSAL_LM',
+    ...(Object.keys(heads).length ? { modules_to_save: Object.keys(heads).map((n) => n.replace(/\.weight$/, '')) } : {}),
     r: c.r,
     lora_alpha: c.alpha,
     lora_dropout: c.dropout,
@@ -84,7 +90,7 @@ export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel:
   });
 }
 
-export function loadAdapter(dir: string): { lora: Params; config: LoraConfig; baseModel: string } {
+export function loadAdapter(dir: string): { lora: Params; config: LoraConfig; baseModel: string; heads: Params } {
   const cfgPath = join(dir, ADAPTER_CONFIG_FILE);
   if (!existsSync(cfgPath)) throw new Error(`${cfgPath}: not found (is ${dir} a LoRA adapter directory?)`);
   const raw = readJson(cfgPath, 'adapter config') as Record<string, unknown>;
@@ -94,12 +100,17 @@ export function loadAdapter(dir: string): { lora: Params; config: LoraConfig; ba
   const config: LoraConfig = { r: raw.r, alpha: raw.lora_alpha, dropout: Number(raw.lora_dropout ?? 0), target_modules: raw.target_modules as string[] };
   const { tensors } = readSafetensors(join(dir, ADAPTER_WEIGHTS_FILE));
   const lora: Params = {};
+  const heads: Params = {};
   for (const [peft, t] of Object.entries(tensors)) {
+    if (peft === `${PEFT_PREFIX}score.weight`) {
+      heads['score.weight'] = tf.tensor(toFloat32(t), t.shape);
+      continue;
+    }
     const m = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(peft);
     if (!m) throw new Error(`${join(dir, ADAPTER_WEIGHTS_FILE)}: unexpected tensor '${peft}'`);
     lora[`${m[1]}.lora_${m[2]}`] = tf.tidy(() => tf.transpose(tf.tensor(toFloat32(t), t.shape)));
   }
-  return { lora, config, baseModel: String(raw.base_model_name_or_path ?? '') };
+  return { lora, config, baseModel: String(raw.base_model_name_or_path ?? ''), heads };
 }
 
 /** Every adapted module must exist in the base model. */
@@ -112,7 +123,8 @@ export function checkAdapterTargets(base: Params, lora: Params, adapterDir: stri
 
 /** Base params + adapter entries, ready for forward(..., { loraScale: scale }). */
 export function applyAdapter(base: Params, dir: string): { params: Params; scale: number; dispose(): void } {
-  const { lora, config } = loadAdapter(dir);
+  const { lora, config, heads } = loadAdapter(dir);
+  disposeParams(heads); // a reward model's head; generation reads the causal LM only
   checkAdapterTargets(base, lora, dir);
   return { params: { ...base, ...lora }, scale: loraScale(config), dispose: () => Object.values(lora).forEach((t) => t.dispose()) };
 }

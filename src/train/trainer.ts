@@ -32,6 +32,12 @@ export interface TrainJob<B> {
   /** Scalar loss for one micro-batch, built from tensors only (runs under tf.variableGrads). */
   loss(batch: B): tf.Scalar;
   batches: BatchSource<B>;
+  /**
+   * Extra figures of the step just taken (e.g. DPO's rewards/margins), averaged by the stage over the
+   * step's micro-batches; called once after every optimizer step and written to metrics.jsonl with the
+   * loss on logged steps.
+   */
+  stepMetrics?(): Record<string, number>;
   /** Held-out metrics, e.g. { val_loss, val_ppl }; called every eval_every steps and at the end. */
   evaluate?(): Record<string, number>;
   /** Write a checkpoint with the given trainer payload (model or adapter, as the stage decides). */
@@ -172,6 +178,7 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
       tokensSeen += stepTokens;
       lastLoss = loss;
       losses.push(loss);
+      const extra = job.stepMetrics?.() ?? {};
       const dt = (performance.now() - t0) / 1000;
       tokensTimed += stepTokens;
       secondsTimed += dt;
@@ -179,7 +186,7 @@ export async function train<B>(job: TrainJob<B>): Promise<TrainResult> {
       job.onStep?.({ step, loss, seconds: dt, tokens: stepTokens });
       progress?.update(step, { loss, lr, 'tok/s': Math.round(tokS) }, startStep);
       if (step % loop.log_every === 0 || step === loop.max_steps) {
-        record({ step, loss, lr, grad_norm: gradNorm, tokens_seen: tokensSeen, tok_s: Math.round(tokS) });
+        record({ step, loss, ...extra, lr, grad_norm: gradNorm, tokens_seen: tokensSeen, tok_s: Math.round(tokS) });
       }
       if (loop.eval_every > 0 && step % loop.eval_every === 0 && step !== loop.max_steps) runEval();
       if (stopRequested) {
