@@ -145,6 +145,52 @@ describe('ppo variants', () => {
   });
 });
 
+describe('ppo with a reward model', () => {
+  const RM = join(TMP, 'rm');
+  before(async () => {
+    const { saveCheckpoint } = await import('../src/checkpoint/model.js');
+    const ck = loadCheckpoint(BASE);
+    const score = tf.tidy(() => tf.mul(tf.randomNormal([1, 32], 0, 1, 'float32', 3), 0.5));
+    await saveCheckpoint(RM, { ...ck, heads: { 'score.weight': score }, stage: 'rm', stageConfig: {}, parentDir: BASE });
+    tf.dispose([score, ...Object.values(ck.params)]);
+  });
+
+  test('RM score as the reward; the value model starts as the reward model (trunk + head); the RM is bit-identical after training', async () => {
+    let rewardSame = false;
+    const cfg = config('with-rm', { reward: { type: 'model', path: RM }, optim: { lr: 1e-9, warmup_steps: 0, schedule: 'constant', weight_decay: 0 }, train: { max_steps: 1, eval_prompts: 2 } });
+    const scores: number[] = [];
+    await ppo(cfg, {
+      quiet: true,
+      onStep: (_, m) => scores.push(m['objective/scores']!),
+      inspect: ({ reward }) => {
+        const disk = loadCheckpoint(RM, { heads: true });
+        rewardSame = Object.keys(disk.params).every((k) => same(reward![k]!, disk.params[k]!)) && same(reward!['score.weight']!, disk.heads!['score.weight']!);
+        tf.dispose([...Object.values(disk.params), ...Object.values(disk.heads!)]);
+      },
+    });
+    assert.ok(rewardSame);
+    assert.ok(Number.isFinite(scores[0]) && scores[0] !== 0);
+    const value = readSafetensors(join(cfg.out_dir, VALUE_HEAD_FILE)).tensors;
+    const rm = readSafetensors(join(RM, 'model.safetensors')).tensors;
+    const head = Array.from(value['v_head.weight']!.data as Float32Array), score = Array.from(rm['score.weight']!.data as Float32Array);
+    head.forEach((v, i) => assert.ok(Math.abs(v - score[i]!) < 1e-6, `v_head[${i}] ${v} vs score ${score[i]}`));
+    const trunk = Array.from(value['value_model.ln_f.weight']!.data as Float32Array), rmLn = Array.from(rm['ln_f.weight']!.data as Float32Array);
+    trunk.forEach((v, i) => assert.ok(Math.abs(v - rmLn[i]!) < 1e-6));
+  });
+
+  test('a reward model with another tokenizer is an error unless reward.retokenize scores the decoded text', async () => {
+    const { saveCheckpoint } = await import('../src/checkpoint/model.js');
+    const other = join(TMP, 'rm-other');
+    const ck = loadCheckpoint(RM, { heads: true });
+    await saveCheckpoint(other, { ...ck, tokenizer: Tokenizer.train(['another corpus, another tokenizer'], { vocabSize: 512 }), heads: ck.heads, stage: 'rm', stageConfig: {}, parentDir: null });
+    tf.dispose([...Object.values(ck.params), ...Object.values(ck.heads!)]);
+    await assert.rejects(ppo(config('rm-bad', { reward: { type: 'model', path: other } }), { quiet: true }), /rm-other: reward: the reward model's tokenizer differs from the policy's .*reward\.retokenize/);
+    const scores: number[] = [];
+    await ppo(config('rm-retok', { algorithm: 'grpo', reward: { type: 'model', path: other, retokenize: true }, train: { max_steps: 1, eval_prompts: 2 } }), { quiet: true, onStep: (_, m) => scores.push(m['objective/scores']!) });
+    assert.ok(Number.isFinite(scores[0]));
+  });
+});
+
 describe('ppo bad input', () => {
   test('an empty prompt file, a prompt longer than the context, a reference with another tokenizer: one-line errors naming the file', async () => {
     const empty = join(TMP, 'empty.jsonl');

@@ -12,7 +12,12 @@ export const RewardConfigSchema = z.discriminatedUnion('type', [
   /** −|n − target| / target for a response of n tokens (or characters): 0 at the target length. */
   z.strictObject({ type: z.literal('length'), target: z.int().positive(), unit: z.enum(['tokens', 'chars']).default('tokens') }),
   /** The scalar head of a reward model written by `llmctl rm`, read at the last response token. */
-  z.strictObject({ type: z.literal('model'), path: z.string().min(1) }),
+  z.strictObject({
+    type: z.literal('model'),
+    path: z.string().min(1),
+    /** A reward model with another tokenizer: score the decoded (prompt, response) text re-rendered with its own. */
+    retokenize: z.boolean().default(false),
+  }),
 ]);
 export type RewardConfig = z.infer<typeof RewardConfigSchema>;
 

@@ -79,6 +79,11 @@ export function encodePrompt(tokenizer: Tokenizer, p: Prompt, chat: boolean): nu
   return promptIds(tokenizer, p.text, chat);
 }
 
+/** A prompt as chat messages (a plain prompt is one user turn), e.g. for a reward model's own chat template. */
+export function promptMessages(p: Prompt): ChatMessage[] {
+  return 'messages' in p ? p.messages : [{ role: 'user', content: p.text }];
+}
+
 /** Display text of a prompt (samples.jsonl). */
 export function promptText(p: Prompt): string {
   return 'messages' in p ? p.messages.map((m) => `${m.role}: ${m.content}`).join('\n') : p.text;

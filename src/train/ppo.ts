@@ -23,12 +23,13 @@ import { appendFileSync, copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Rollout, chunked, disposeRowBatch, pickRows, responseForward, rowBatch, sampleRollout, valueHead } from '../align/rollout.js';
 import { KlController, clippedValueLoss, gae, groupAdvantages, grpoLoss, klEstimate, ppoPolicyLoss, shapeRewards, whiten } from '../align/rl-losses.js';
+import { SCORE, type RewardModel, loadRewardModel, scoreConversations, scoreSequences } from '../align/reward.js';
 import { type ResponseInfo, type RuleRewardConfig, ruleReward } from '../align/rule-reward.js';
 import type { TrainerState } from '../checkpoint/manifest.js';
 import { type LoadedCheckpoint, METRICS_FILE, disposeParams, loadCheckpoint, loadTrainerState, readTensors, resumableDir, saveCheckpoint, toTensorData, toVariables } from '../checkpoint/model.js';
 import { writeSafetensors } from '../checkpoint/safetensors.js';
 import type { PpoConfig } from '../config/ppo.js';
-import { type Prompt, encodePrompt, promptText, readPromptsJsonl } from '../data/prompts.js';
+import { type Prompt, encodePrompt, promptMessages, promptText, readPromptsJsonl } from '../data/prompts.js';
 import type { LanguageModel } from '../model/generate.js';
 import { type ForwardOptions, type ModelConfig, type Params, countParams } from '../model/gpt.js';
 import { type LoraConfig, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter } from '../model/lora.js';
@@ -53,7 +54,7 @@ export interface PpoRunOptions {
   /** After every mini-batch update (tests check the first one's ratio and clipfrac). */
   onUpdate?(u: { step: number; epoch: number; minibatch: number; ratio: number; clipfrac: number; approxKl: number; maxAbsLogRatio: number }): void;
   /** Once after training, before tensors are freed: every role's parameters. */
-  inspect?(roles: { policy: Params; reference: Params; value?: Params }): void;
+  inspect?(roles: { policy: Params; reference: Params; value?: Params; reward?: Params }): void;
 }
 
 export interface EvalResult {
@@ -140,9 +141,6 @@ const rowSums = (rows: number[][], mask: number[][]) => rows.map((r, i) => r.red
 
 export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoResult> {
   const isPpo = cfg.algorithm === 'ppo';
-  if (cfg.reward.type === 'model' && !o.reward) {
-    throw new Error(`${cfg.reward.path}: reward.type model needs the reward-model stage (llmctl rm), which this build does not include yet; use a rule reward (regex | contains | length)`);
-  }
   const resumeDir = resumableDir(cfg.out_dir, o.resume);
   const resume = resumeDir ? loadTrainerState(resumeDir) : undefined;
   const owned: Params[] = []; // every tensor map loaded here, freed at the end
@@ -175,36 +173,50 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
       policyParams = { ...trainable }; // (trainable grows by the value model below)
     }
     variables.push(...Object.values(trainable));
-    // Value model (ppo): a head on the policy trunk, or a separate trunk (default: a copy of the policy) + head.
-    let valueParams: Params | undefined, valueConfig: ModelConfig = config, vHead: { w: tf.Variable<tf.Rank.R2>; b: tf.Variable<tf.Rank.R1> } | undefined;
+    // Reward: a rule on the text, or a frozen reward model (same tokenizer: scored on our token ids).
+    let rm: RewardModel | undefined;
+    if (cfg.reward.type === 'model' && !o.reward) {
+      rm = loadRewardModel(cfg.reward.path);
+      owned.push(rm.params);
+      if (!cfg.reward.retokenize && !sameTokenizer(rm.tokenizer, tokenizer)) {
+        throw new Error(`${cfg.reward.path}: reward: the reward model's tokenizer differs from the policy's (${cfg.policy}); set reward.retokenize: true to score the decoded text with its own tokenizer`);
+      }
+    }
+    // Value model (ppo): a head on the policy trunk, or a separate trunk + head initialised from the reward
+    // model (TRL's default), from value.init_from, or from the policy (a rule reward has no model).
+    let valueParams: Params | undefined, valueConfig: ModelConfig = config, vHead: { w: tf.Tensor2D; b: tf.Tensor1D } | undefined;
     if (isPpo) {
       const saved = resumeDir && existsSync(join(resumeDir, VALUE_HEAD_FILE)) ? readTensors(join(resumeDir, VALUE_HEAD_FILE), false) : undefined;
       if (resumeDir && !saved) throw new Error(`${resumeDir}: no ${VALUE_HEAD_FILE}; cannot resume the value model`);
+      const init: Params = {};
       if (!cfg.value.shared) {
-        const trunkDir = cfg.value.init_from ?? cfg.policy;
-        const trunk = trunkDir === cfg.policy ? sft : loadCheckpoint(trunkDir);
-        if (trunk !== sft) {
-          owned.push(trunk.params);
-          if (!sameTokenizer(trunk.tokenizer, tokenizer)) throw new Error(`${trunkDir}: value.init_from: its tokenizer differs from the policy's (${cfg.policy})`);
+        const start = valueInit(cfg.value.init_from ?? rm?.dir ?? cfg.policy, { rm, policy: sft });
+        if (!sameTokenizer(start.tokenizer, tokenizer)) {
+          disposeParams(start.params);
+          throw new Error(`${start.dir}: value.init_from: its tokenizer differs from the policy's (${cfg.policy})`);
         }
-        valueConfig = trunk.config;
-        const vars: Record<string, tf.Variable> = {};
-        for (const [name, t] of Object.entries(trunk.params)) {
-          const key = VALUE_TRUNK_PREFIX + name;
-          if (saved && !saved[key]) throw new Error(`${join(resumeDir!, VALUE_HEAD_FILE)}: missing tensor '${key}'`);
-          vars[key] = tf.variable(saved ? saved[key]! : tf.clone(t), true);
-        }
-        Object.assign(trainable, vars);
-        variables.push(...Object.values(vars));
-        valueParams = Object.fromEntries(Object.entries(vars).map(([k, v]) => [k.slice(VALUE_TRUNK_PREFIX.length), v]));
+        valueConfig = start.config;
+        for (const [name, t] of Object.entries(start.params)) init[VALUE_TRUNK_PREFIX + name] = t;
+        if (start.head) init['v_head.weight'] = start.head;
       }
-      const w = saved?.['v_head.weight'] ?? tf.zeros([valueConfig.n_embd, 1]);
-      const b = saved?.['v_head.bias'] ?? tf.zeros([1]);
-      vHead = { w: tf.variable(w as tf.Tensor2D, true), b: tf.variable(b as tf.Tensor1D, true) };
-      trainable['v_head.weight'] = vHead.w;
-      trainable['v_head.bias'] = vHead.b;
-      variables.push(vHead.w, vHead.b);
-      if (saved) disposeParams(saved);
+      init['v_head.weight'] ??= tf.zeros([valueConfig.n_embd, 1]);
+      init['v_head.bias'] = tf.zeros([1]);
+      if (saved) {
+        for (const [k, t] of Object.entries(init)) {
+          if (!saved[k]) {
+            disposeParams(init);
+            disposeParams(saved);
+            throw new Error(`${join(resumeDir!, VALUE_HEAD_FILE)}: missing tensor '${k}' (was the run started with another value setting?)`);
+          }
+          t.dispose();
+          init[k] = saved[k]!;
+        }
+      }
+      const vars = toVariables(init);
+      Object.assign(trainable, vars);
+      variables.push(...Object.values(vars));
+      vHead = { w: vars['v_head.weight'] as tf.Tensor2D, b: vars['v_head.bias'] as tf.Tensor1D };
+      if (!cfg.value.shared) valueParams = Object.fromEntries(Object.entries(vars).filter(([k]) => k.startsWith(VALUE_TRUNK_PREFIX)).map(([k, v]) => [k.slice(VALUE_TRUNK_PREFIX.length), v]));
     }
     const policyModel: LanguageModel = { params: policyParams, config, tokenizer };
     const trainableParams = Object.values(trainable).reduce((n, v) => n + v.size, 0);
@@ -213,7 +225,13 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
     // ---- data, reward
     const prompts = loadPrompts(cfg, tokenizer, config.n_ctx);
     if (prompts.train.length === 0) throw new Error(`${cfg.prompts.path}: no training prompts left after holding out eval_fraction ${cfg.prompts.eval_fraction}`);
-    const score = o.reward ?? ruleReward(cfg.reward as RuleRewardConfig);
+    const rule = o.reward ?? (rm ? undefined : ruleReward(cfg.reward as RuleRewardConfig));
+    /** Scores of a rollout's responses: the rule on the text, or the reward model at the last token. */
+    const scoreRollout = (roll: Rollout, prompts: readonly Prompt[], infos: ResponseInfo[]): number[] => {
+      if (rule) return infos.map(rule);
+      if (sameTokenizer(rm!.tokenizer, tokenizer)) return scoreSequences(rm!, roll.prompts.map((p, i) => [...p, ...roll.responses[i]!]), chunk);
+      return scoreConversations(rm!, infos.map((info, i) => ({ prompt: promptMessages(prompts[i]!), response: info.text })), chunk);
+    };
     const stopIds = new Set(stopTokenIds(tokenizer));
     const responseInfo = (ids: number[]) => {
       const body = ids.length && stopIds.has(ids.at(-1)!) ? ids.slice(0, -1) : ids;
@@ -236,12 +254,10 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
           ref: responseForward(reference, config, roll, b, { temperature: T, forward: refFwd }).logp,
         }));
         kls.push(...rowSums(lp.pol.map((r, i) => r.map((v, t) => v - lp.ref[i]![t]!)), roll.mask));
-        roll.responses.forEach((ids, i) => {
-          const info = responseInfo(ids);
-          scores.push(score(info));
-          lens.push(info.tokens);
-          eos.push(roll.finished[i] ? 1 : 0);
-        });
+        const infos = roll.responses.map(responseInfo);
+        scores.push(...scoreRollout(roll, set.slice(s, s + cfg.rollout.batch_size).map((p) => p.prompt), infos));
+        lens.push(...infos.map((i) => i.tokens));
+        eos.push(...roll.finished.map((f) => (f ? 1 : 0)));
       }
       return { score: mean(scores), kl: mean(kls), eos: mean(eos), length: mean(lens), prompts: set.length };
     };
@@ -340,7 +356,7 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
           return { logp: pol.logp, ref: ref.logp, entropy: pol.entropy, values, kl: estimate };
         });
         const infos = roll.responses.map(responseInfo);
-        const rawScores = infos.map(score);
+        const rawScores = scoreRollout(roll, batch.flatMap((p) => Array.from({ length: G }, () => p.prompt)), infos);
         const scores = rawScores.map((s, i) => {
           let r = s - (!roll.finished[i] && cfg.rollout.missing_eos_penalty !== undefined ? cfg.rollout.missing_eos_penalty : 0);
           if (cfg.ppo.reward_clip !== undefined) r = Math.max(-cfg.ppo.reward_clip, Math.min(cfg.ppo.reward_clip, r));
@@ -476,7 +492,7 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
       throw err;
     } finally {
       process.off('SIGINT', onSigint);
-      o.inspect?.({ policy: policyParams, reference, value: valueParams ? { ...valueParams, 'v_head.weight': vHead!.w, 'v_head.bias': vHead!.b } : vHead ? { 'v_head.weight': vHead.w, 'v_head.bias': vHead.b } : undefined });
+      o.inspect?.({ policy: policyParams, reference, value: vHead ? { ...valueParams, 'v_head.weight': vHead.w, 'v_head.bias': vHead.b } : undefined, reward: rm?.params });
       optimizer.dispose();
     }
 
@@ -502,6 +518,28 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
       t.dispose();
     }
   }
+}
+
+/**
+ * Fresh tensors for a separate value model: the trunk of `dir` and, when it has one, its reward head
+ * (score.weight [1, d] → v_head.weight [d, 1]). The reward model already in memory (a full checkpoint or a
+ * LoRA reward adapter, merged here) and the policy are copied rather than read again.
+ */
+function valueInit(dir: string, have: { rm?: RewardModel; policy: LoadedCheckpoint }): { dir: string; params: Params; config: ModelConfig; tokenizer: Tokenizer; head?: tf.Tensor } {
+  const clone = (p: Params) => Object.fromEntries(Object.entries(p).map(([k, t]) => [k, tf.clone(t)]));
+  if (have.rm && dir === have.rm.dir) {
+    const { [SCORE]: score, ...rest } = have.rm.params;
+    const lora = Object.fromEntries(Object.entries(rest).filter(([k]) => k.includes('.lora_')));
+    const base = Object.fromEntries(Object.entries(rest).filter(([k]) => !k.includes('.lora_')));
+    const params = Object.keys(lora).length ? mergeAdapter(base, lora, have.rm.fwd.loraScale ?? 1) : clone(base);
+    return { dir, params, config: have.rm.config, tokenizer: have.rm.tokenizer, head: tf.transpose(score!) };
+  }
+  if (dir === have.policy.dir) return { dir, params: clone(have.policy.params), config: have.policy.config, tokenizer: have.policy.tokenizer };
+  const ck = loadCheckpoint(dir, { heads: true });
+  const score = ck.heads?.[SCORE];
+  const head = score ? tf.transpose(score) : undefined;
+  score?.dispose();
+  return { dir, params: ck.params, config: ck.config, tokenizer: ck.tokenizer, head };
 }
 
 function shuffle(n: number, rng: Rng): number[] {
