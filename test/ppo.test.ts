@@ -131,6 +131,15 @@ describe('ppo variants', () => {
     assert.equal(readManifest(cfg.out_dir).stage, 'grpo');
   });
 
+  test('early stop: an epoch ends at the first mini-batch whose approx KL exceeds ppo.max_approx_kl', async () => {
+    const seen: [number, number, number][] = [];
+    const cfg = config('early', { ppo: { epochs: 2, mini_batch_size: 1, max_approx_kl: 1e-12 }, train: { max_steps: 1, eval_prompts: 1 } });
+    await ppo(cfg, { quiet: true, onUpdate: (u) => seen.push([u.epoch, u.minibatch, u.approxKl]) });
+    // epoch 0: mini-batch 0 is the rollout policy itself (approx KL 0), mini-batch 1 has moved: stop; epoch 1 stops at once.
+    assert.deepEqual(seen.map(([e, m]) => [e, m]), [[0, 0], [0, 1], [1, 0]]);
+    assert.equal(seen[0]![2], 0);
+  });
+
   test('LoRA policy: only the adapter trains, the reference is the base with the adapter off (KL 0 at step 1); shared value head only', async () => {
     const kls: number[] = [];
     const cfg = config('lora', { lora: { r: 2, alpha: 4, target_modules: ['q', 'v'] }, value: { shared: true } });
