@@ -32,11 +32,23 @@ setupLogger('warn');
 await initBackend(args.backend as BackendName);
 const out = mkdtempSync(join(tmpdir(), 'llmctl-bench-ppo-'));
 const sets = [...args.set!, `out_dir=${out}`, ...(args.steps ? [`train.max_steps=${args.steps}`] : [])];
-const cfg = loadConfig(PpoConfigSchema, args.config, sets);
+let cfg;
+try {
+  cfg = loadConfig(PpoConfigSchema, args.config, sets);
+} catch (err) {
+  console.error(`bench/ppo: ${(err as Error).message}`);
+  process.exit(2);
+}
 const curve: { step: number; score: number; kl: number }[] = [];
 const t0 = performance.now();
 try {
-  const r = await ppo(cfg, { quiet: true, onStep: (step, m) => curve.push({ step, score: m['objective/scores']!, kl: m['objective/kl']! }) });
+  const r = await ppo(cfg, {
+    quiet: true,
+    onStep: (step, m) => {
+      curve.push({ step, score: m['objective/scores']!, kl: m['objective/kl']! });
+      process.stderr.write(`step ${step}: score ${m['objective/scores']!.toFixed(3)} kl ${m['objective/kl']!.toFixed(3)} β ${m.kl_coef!.toFixed(4)}\n`);
+    },
+  });
   const seconds = (performance.now() - t0) / 1000;
   const sequences = cfg.rollout.batch_size * (cfg.algorithm === 'grpo' ? cfg.rollout.group_size : 1);
   const row = {

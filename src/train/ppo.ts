@@ -226,10 +226,11 @@ export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoRes
     const prompts = loadPrompts(cfg, tokenizer, config.n_ctx);
     if (prompts.train.length === 0) throw new Error(`${cfg.prompts.path}: no training prompts left after holding out eval_fraction ${cfg.prompts.eval_fraction}`);
     const rule = o.reward ?? (rm ? undefined : ruleReward(cfg.reward as RuleRewardConfig));
+    const rmOnOurTokens = rm !== undefined && sameTokenizer(rm.tokenizer, tokenizer);
     /** Scores of a rollout's responses: the rule on the text, or the reward model at the last token. */
     const scoreRollout = (roll: Rollout, prompts: readonly Prompt[], infos: ResponseInfo[]): number[] => {
       if (rule) return infos.map(rule);
-      if (sameTokenizer(rm!.tokenizer, tokenizer)) return scoreSequences(rm!, roll.prompts.map((p, i) => [...p, ...roll.responses[i]!]), chunk);
+      if (rmOnOurTokens) return scoreSequences(rm!, roll.prompts.map((p, i) => [...p, ...roll.responses[i]!]), chunk);
       return scoreConversations(rm!, infos.map((info, i) => ({ prompt: promptMessages(prompts[i]!), response: info.text })), chunk);
     };
     const stopIds = new Set(stopTokenIds(tokenizer));
