@@ -15,6 +15,7 @@ import { readManifest, verifyManifestFiles } from '../src/checkpoint/manifest.js
 import { loadCheckpoint, loadTrainerState } from '../src/checkpoint/model.js';
 import { readSafetensors } from '../src/checkpoint/safetensors.js';
 import { PpoConfigSchema } from '../src/config/ppo.js';
+import { encodePrompt, parsePromptRow, readPromptsJsonl } from '../src/data/prompts.js';
 import { loadAdapter } from '../src/model/lora.js';
 import { NonFiniteLossError } from '../src/train/trainer.js';
 import { SAMPLES_FILE, VALUE_HEAD_FILE, ppo } from '../src/train/ppo.js';
@@ -51,6 +52,26 @@ function config(out: string, over: Record<string, unknown> = {}) {
 }
 
 const same = (a: tf.Tensor, b: tf.Tensor) => Buffer.from((a.dataSync() as Float32Array).buffer).equals(Buffer.from((b.dataSync() as Float32Array).buffer));
+
+describe('prompts', () => {
+  test('plain, chat and preference rows (TRL, HH-RLHF) give the prompt before the reply', () => {
+    assert.deepEqual(parsePromptRow({ prompt: 'Hi' }), { text: 'Hi' });
+    assert.deepEqual(parsePromptRow({ messages: [{ role: 'system', content: 'S' }, { role: 'user', content: 'Q' }, { role: 'assistant', content: 'A' }] }), { messages: [{ role: 'system', content: 'S' }, { role: 'user', content: 'Q' }] });
+    assert.deepEqual(parsePromptRow({ prompt: 'Q', chosen: 'A', rejected: 'B' }), { messages: [{ role: 'user', content: 'Q' }] });
+    assert.deepEqual(parsePromptRow({ chosen: '\n\nHuman: Hello\n\nAssistant: Hi\n\nHuman: How?\n\nAssistant: Fine', rejected: '\n\nHuman: Hello\n\nAssistant: Hi\n\nHuman: How?\n\nAssistant: Bad' }), {
+      messages: [{ role: 'user', content: 'Hello' }, { role: 'assistant', content: 'Hi' }, { role: 'user', content: 'How?' }],
+    });
+    const path = join(TMP, 'rows.jsonl');
+    writeFileSync(path, '{"prompt": "ok"}\n\n{"messages": [{"role": "assistant", "content": "x"}]}\n');
+    assert.throws(() => readPromptsJsonl(path), (e: Error) => e.message === `${path}: line 3: messages: no user turn before the reply`);
+  });
+
+  test('a chat prompt ends with the assistant header, where the response starts', () => {
+    const tok = Tokenizer.load(BASE);
+    const ids = encodePrompt(tok, { text: 'Hi' }, true);
+    assert.equal(tok.decode(ids), '<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n');
+  });
+});
 
 describe('ppo invariants', () => {
   test('first mini-batch: ratio exactly 1, clipfrac 0; KL exactly 0 while the policy is the reference; frozen reference bit-identical; tensors flat', async () => {

@@ -1,14 +1,16 @@
 /**
  * Prompts for RL (ppo / grpo): JSONL rows in the formats the field uses.
- *   {"prompt": "..."}                      plain prompt (extra fields such as chosen/rejected are ignored)
- *   {"prompt": [{role, content}, ...]}     conversational prompt (TRL's conversational preference rows)
+ *   {"prompt": "..."}                      a plain prompt
+ *   {"prompt": [{role, content}, ...]}     a conversational prompt
  *   {"messages": [{role, content}, ...]}   a chat; the prompt is everything before the last assistant turn
- *   {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}   HH-RLHF: the dialogue before the last Assistant turn
+ *   any preference row `llmctl rm` reads (TRL standard/conversational, HH-RLHF, LLaMA-Factory, ranked):
+ *                                          its prompt, through the one preference reader (preference.ts)
  */
 import { readFileSync } from 'node:fs';
 import type { ChatMessage } from '../tokenizer/chat.js';
 import type { Tokenizer } from '../tokenizer/index.js';
 import { promptIds } from '../model/prompt.js';
+import { rowToPairs } from './preference.js';
 
 export type Prompt = { text: string } | { messages: ChatMessage[] };
 
@@ -38,14 +40,14 @@ export function readPromptsJsonl(path: string, maxRows?: number): { prompt: Prom
 export function parsePromptRow(row: unknown): Prompt {
   if (typeof row !== 'object' || row === null || Array.isArray(row)) throw new Error('expected a JSON object');
   const r = row as Record<string, unknown>;
+  if (['chosen', 'rejected', 'responses', 'conversations'].some((k) => k in r)) return { messages: rowToPairs(r)[0]!.prompt };
   if (typeof r.prompt === 'string') {
     if (!r.prompt.trim()) throw new Error('prompt: empty');
     return { text: r.prompt };
   }
   if (Array.isArray(r.prompt)) return { messages: messagesBeforeReply(r.prompt, 'prompt') };
   if (Array.isArray(r.messages)) return { messages: messagesBeforeReply(r.messages, 'messages') };
-  if (typeof r.chosen === 'string') return { messages: hhPrompt(r.chosen) };
-  throw new Error('expected a "prompt", "messages" or HH-RLHF "chosen" field');
+  throw new Error('expected a "prompt" or "messages" field, or a preference row (chosen/rejected)');
 }
 
 function messagesBeforeReply(list: unknown[], field: string): ChatMessage[] {
@@ -59,15 +61,6 @@ function messagesBeforeReply(list: unknown[], field: string): ChatMessage[] {
   while (msgs.length && msgs.at(-1)!.role === 'assistant') msgs.pop(); // the reply is what the policy writes
   if (!msgs.some((m) => m.role === 'user')) throw new Error(`${field}: no user turn before the reply`);
   return msgs;
-}
-
-/** "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d" → user a, assistant b, user c. */
-function hhPrompt(text: string): ChatMessage[] {
-  const parts = text.split(/\n\n(Human|Assistant): /).slice(1);
-  const msgs: ChatMessage[] = [];
-  for (let j = 0; j + 1 < parts.length; j += 2) msgs.push({ role: parts[j] === 'Human' ? 'user' : 'assistant', content: parts[j + 1]!.trim() });
-  if (msgs.length === 0) throw new Error('chosen: no "\\n\\nHuman: " turn (HH-RLHF format)');
-  return messagesBeforeReply(msgs, 'chosen');
 }
 
 /** Token ids of a prompt, ending where the response starts (ChatML: after the assistant header). */
