@@ -161,6 +161,23 @@ describe('ppo variants', () => {
     assert.equal(seen[0]![2], 0);
   });
 
+  test('an SFT LoRA directory as the policy is merged into its base at load', async () => {
+    const { initLora, saveAdapter } = await import('../src/model/lora.js');
+    const { mkdirSync } = await import('node:fs');
+    const dir = join(TMP, 'sft-lora');
+    mkdirSync(dir, { recursive: true });
+    const acfg = { r: 2, alpha: 4, dropout: 0, target_modules: ['q_proj'] };
+    const { readModelConfig } = await import('../src/checkpoint/model.js');
+    const lora = initLora(readModelConfig(BASE), acfg, 1);
+    saveAdapter(dir, lora, acfg, BASE);
+    tf.dispose(Object.values(lora));
+    const kls: number[] = [];
+    const cfg = config('from-lora', { policy: dir, value: { shared: true }, train: { max_steps: 1, eval_prompts: 1 } });
+    await ppo(cfg, { quiet: true, onStep: (_, m) => kls.push(m['objective/kl']!) });
+    assert.equal(kls[0], 0);
+    assert.equal(readManifest(cfg.out_dir).parent?.path, dir);
+  });
+
   test('LoRA policy: only the adapter trains, the reference is the base with the adapter off (KL 0 at step 1); shared value head only', async () => {
     const kls: number[] = [];
     const cfg = config('lora', { lora: { r: 2, alpha: 4, target_modules: ['q', 'v'] }, value: { shared: true } });
