@@ -241,6 +241,17 @@ export function resumableDir(outDir: string, resume: boolean | undefined, o: Omi
   return openOutputDir(outDir, { ...o, resume }).resumeDir;
 }
 
+/** Every tensor of a safetensors file under its stored name, as written (e.g. a value head), checked finite. */
+export function readTensorFile(path: string): Record<string, tf.Tensor> {
+  const out: Record<string, tf.Tensor> = {};
+  for (const [name, t] of Object.entries(readSafetensors(path).tensors)) {
+    const data = toFloat32(t);
+    assertFinite(path, name, data);
+    out[name] = tf.tensor(data, t.shape, 'float32');
+  }
+  return out;
+}
+
 /** Trainable copies of loaded tensors (the tensors are consumed). */
 export function toVariables(tensors: Record<string, tf.Tensor>): Record<string, tf.Variable> {
   const out: Record<string, tf.Variable> = {};

@@ -21,5 +21,6 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'lora', describe: 'LoRA fine-tuning (train an adapter), or `lora merge` to fold an adapter into its base', load: async () => (await import('./lora.js')).loraCommand },
   { name: 'rm', describe: 'train a reward model (Bradley–Terry on preference pairs), or `rm score` to score rows', load: async () => (await import('./rm.js')).rmCommand },
   { name: 'dpo', describe: 'direct preference optimization (sigmoid / ipo / hinge) of an SFT checkpoint against a frozen reference', load: async () => (await import('./dpo.js')).dpoCommand },
+  { name: 'ppo', describe: 'RLHF: PPO (value head, KL penalty) or GRPO against a reward model or a rule reward', load: async () => (await import('./ppo.js')).ppoCommand },
   { name: 'pipeline', describe: 'run several stages in order, each reading the checkpoint the previous one wrote', load: async () => (await import('./pipeline.js')).pipelineCommand },
 ];

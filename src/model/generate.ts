@@ -4,6 +4,7 @@ import type { Tokenizer } from '../tokenizer/index.js';
 import { TextStreamer } from '../tokenizer/index.js';
 import { type ForwardOptions, type ModelConfig, type Params, disposeCache, emptyCache, forward } from './gpt.js';
 import { stopTokenIds } from './prompt.js';
+import type { Rng } from '../util/rng.js';
 import { Sampler, type SamplerOptions } from './sample.js';
 
 export interface GenerateOptions extends SamplerOptions {
@@ -103,6 +104,77 @@ export function generate(model: LanguageModel, promptIds: number[], o: GenerateO
     ttftMs: tFirst - t0,
     tokensPerSecond: ids.length > 1 ? ((ids.length - 1) * 1000) / (tEnd - tFirst) : 0,
   };
+}
+
+export interface BatchGenerateOptions extends SamplerOptions {
+  max_new_tokens: number;
+  forward?: ForwardOptions;
+  /** Draw from this generator (seeded and resumable, e.g. an RL trainer's) instead of a new one. */
+  rng?: Rng;
+  /** Ids that end a row; default stopTokenIds(tokenizer). */
+  stopIds?: number[];
+}
+
+export interface BatchGeneration {
+  /** Generated ids per row; a row that stopped ends with its stop token (RL trains on it). */
+  ids: number[][];
+  /** Whether each row hit a stop token (false: it ran out of max_new_tokens). */
+  finished: boolean[];
+}
+
+/**
+ * Sample continuations of several prompts at once with one KV cache: prompts are left-padded to the
+ * longest (ForwardOptions.leftPad), prefilled together, then decoded one token per row per step. Rows
+ * that stop are dropped from the batch (and the cache). No stop strings, no context shift: the prompts
+ * plus max_new_tokens must fit the context.
+ */
+export function generateBatch(model: LanguageModel, prompts: number[][], o: BatchGenerateOptions): BatchGeneration {
+  const { params, config, tokenizer } = model;
+  const longest = Math.max(...prompts.map((p) => p.length));
+  if (prompts.some((p) => p.length === 0)) throw new Error('generateBatch: a prompt is empty');
+  if (longest + o.max_new_tokens > config.n_ctx) throw new Error(`generateBatch: a prompt of ${longest} tokens + max_new_tokens ${o.max_new_tokens} exceeds the context length ${config.n_ctx}`);
+  const sampler = new Sampler(o, o.rng);
+  const stopIds = new Set(o.stopIds ?? stopTokenIds(tokenizer));
+  const ids: number[][] = prompts.map(() => []), finished = prompts.map(() => false);
+  let active = prompts.map((_, i) => i); // rows still generating, in cache order
+  let leftPad = prompts.map((p) => longest - p.length);
+  let feed: number[][] = prompts.map((p, i) => [...Array<number>(leftPad[i]!).fill(tokenizer.padId), ...p]);
+  const cache = emptyCache(config);
+  try {
+    for (let step = 0; step < o.max_new_tokens && active.length > 0; step++) {
+      const T = feed[0]!.length, V = config.vocab_size;
+      const input = tf.tensor2d(feed, [active.length, T], 'int32');
+      const { logits } = forward(params, config, input, { ...o.forward, cache, leftPad });
+      input.dispose();
+      const last = tf.slice(logits, [0, T - 1, 0], [active.length, 1, V]);
+      const rows = last.dataSync() as Float32Array;
+      tf.dispose([logits, last]);
+      const keep: number[] = [];
+      active.forEach((row, j) => {
+        const next = sampler.sample(rows.subarray(j * V, (j + 1) * V), [...prompts[row]!, ...ids[row]!]);
+        ids[row]!.push(next);
+        if (stopIds.has(next)) finished[row] = true;
+        else keep.push(j);
+      });
+      if (keep.length < active.length && keep.length > 0) {
+        // Drop the finished rows from the cache so later steps compute only live rows.
+        const idx = tf.tensor1d(keep, 'int32');
+        for (const kv of [cache.k, cache.v]) {
+          kv.forEach((t, layer) => {
+            kv[layer] = tf.gather(t!, idx) as tf.Tensor4D;
+            t!.dispose();
+          });
+        }
+        idx.dispose();
+      }
+      active = keep.map((j) => active[j]!);
+      leftPad = keep.map((j) => leftPad[j]!);
+      feed = active.map((row) => [ids[row]!.at(-1)!]);
+    }
+  } finally {
+    disposeCache(cache);
+  }
+  return { ids, finished };
 }
 
 function firstStop(text: string, stops: string[]): number {

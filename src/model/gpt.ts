@@ -11,7 +11,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { writeRows } from '../backend/native.js';
 import * as fused from './kernels.js';
-import { bmm, embedding, fastDropout, linear as linearKernel, loraDelta, matmul, matmulFrozen, nativeOps } from './kernels.js';
+import { bmm, embedding, fastDropout, linear as linearKernel, loraDelta, matmul, matmulFrozen, nativeOps, oneHotFloat } from './kernels.js';
 
 export interface ModelConfig {
   arch: 'gpt2' | 'llama';
@@ -109,6 +109,12 @@ export interface ForwardOptions {
    * computing dW (LoRA's speed-up over full fine-tuning depends on it). Forward values are unchanged.
    */
   freezeBase?: boolean;
+  /**
+   * Batched prompts of different lengths, left-padded: row b's first leftPad[b] slots are padding. They
+   * are masked out of attention and the row's positions start at 0 after them (Hugging Face's
+   * attention_mask + position_ids), so each row computes what it would alone.
+   */
+  leftPad?: number[];
 }
 
 export interface KVCache {
@@ -186,13 +192,28 @@ function mlp(p: Params, name: string, x: tf.Tensor2D, c: ModelConfig, o: Forward
   return linear(p, `${name}.down_proj`, act as tf.Tensor2D, o);
 }
 
-/** Rotary embedding, "rotate half" layout (as Hugging Face Llama): x [B,H,T,hd], positions pos0.. */
-function rope(x: tf.Tensor4D, pos0: number, c: ModelConfig): tf.Tensor4D {
+/** Rotary embedding, "rotate half" layout (as Hugging Face Llama): x [B,H,T,hd], positions pos0.. (minus each row's left padding). */
+function rope(x: tf.Tensor4D, pos0: number, c: ModelConfig, leftPad?: number[]): tf.Tensor4D {
   const [, , T, hd] = x.shape;
   const half = hd / 2;
   const { cos, sin } = ropeTable(c.n_ctx, hd, c.rope_theta);
-  const cosT = tf.tensor2d(cos.subarray(pos0 * half, (pos0 + T) * half), [T, half]);
-  const sinT = tf.tensor2d(sin.subarray(pos0 * half, (pos0 + T) * half), [T, half]);
+  let cosT: tf.Tensor, sinT: tf.Tensor;
+  if (!leftPad) {
+    cosT = tf.tensor2d(cos.subarray(pos0 * half, (pos0 + T) * half), [T, half]);
+    sinT = tf.tensor2d(sin.subarray(pos0 * half, (pos0 + T) * half), [T, half]);
+  } else {
+    // One table per row: row b's position t is pos0 + t − leftPad[b] (padding slots take position 0).
+    const rc = new Float32Array(leftPad.length * T * half), rs = new Float32Array(leftPad.length * T * half);
+    leftPad.forEach((pad, b) => {
+      for (let t = 0; t < T; t++) {
+        const at = Math.max(0, pos0 + t - pad) * half;
+        rc.set(cos.subarray(at, at + half), (b * T + t) * half);
+        rs.set(sin.subarray(at, at + half), (b * T + t) * half);
+      }
+    });
+    cosT = tf.tensor4d(rc, [leftPad.length, 1, T, half]);
+    sinT = tf.tensor4d(rs, [leftPad.length, 1, T, half]);
+  }
   const [x1, x2] = tf.split(x, 2, -1) as [tf.Tensor4D, tf.Tensor4D];
   return tf.concat([tf.sub(tf.mul(x1, cosT), tf.mul(x2, sinT)), tf.add(tf.mul(x2, cosT), tf.mul(x1, sinT))], -1) as tf.Tensor4D;
 }
@@ -216,25 +237,35 @@ function ropeTable(nCtx: number, hd: number, theta: number): { cos: Float32Array
   return table;
 }
 
-/** Additive causal mask [T, S] for queries at positions pos0..pos0+T-1 over keys 0..S-1. */
-function causalMask(T: number, S: number, pos0: number): tf.Tensor2D {
-  const m = new Float32Array(T * S);
-  for (let t = 0; t < T; t++) for (let s = pos0 + t + 1; s < S; s++) m[t * S + s] = -1e9;
-  return tf.tensor2d(m, [T, S]);
+/**
+ * Additive causal mask [T, S] for queries at positions pos0..pos0+T-1 over keys 0..S-1; with left
+ * padding, [B*H, T, S] that also hides row b's first leftPad[b] keys.
+ */
+function causalMask(T: number, S: number, pos0: number, leftPad?: number[], nHead = 1): tf.Tensor {
+  const rows = leftPad ?? [0], heads = leftPad ? nHead : 1;
+  const m = new Float32Array(rows.length * heads * T * S);
+  rows.forEach((pad, b) => {
+    for (let h = 0; h < heads; h++) {
+      const o = (b * heads + h) * T * S;
+      for (let t = 0; t < T; t++) for (let s = 0; s < S; s++) if (s > pos0 + t || s < pad) m[o + t * S + s] = -1e9;
+    }
+  });
+  return leftPad ? tf.tensor3d(m, [rows.length * nHead, T, S]) : tf.tensor2d(m, [T, S]);
 }
 
 function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, layer: number, c: ModelConfig, o: ForwardOptions): tf.Tensor2D {
   const hd = c.n_embd / c.n_head, rep = c.n_head / c.n_kv_head;
   const pos0 = o.cache?.length ?? 0;
-  if (nativeOps() && !(o.training && c.dropout > 0)) return attnFused(p, name, x, B, T, layer, c, o);
+  // The fused kernels take no per-row padding: left-padded batches (PPO/GRPO rollouts) use the tfjs path.
+  if (nativeOps() && !(o.training && c.dropout > 0) && !o.leftPad) return attnFused(p, name, x, B, T, layer, c, o);
   if (o.cache?.preallocated) throw new Error('this KV cache was filled by the native kernels; switch kernels between generations only');
   const heads = (t: tf.Tensor2D, n: number) => tf.transpose(tf.reshape(t, [B, T, n, hd]), [0, 2, 1, 3]) as tf.Tensor4D;
   let q = heads(linear(p, `${name}.q_proj`, x, o), c.n_head);
   let k = heads(linear(p, `${name}.k_proj`, x, o), c.n_kv_head);
   let v = heads(linear(p, `${name}.v_proj`, x, o), c.n_kv_head);
   if (c.arch === 'llama') {
-    q = rope(q, pos0, c);
-    k = rope(k, pos0, c);
+    q = rope(q, pos0, c, o.leftPad);
+    k = rope(k, pos0, c, o.leftPad);
   }
   if (o.cache) {
     const pk = o.cache.k[layer], pv = o.cache.v[layer];
@@ -256,8 +287,12 @@ function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, lay
   const kT = tf.transpose(tf.reshape(k, [G, S, hd]), [0, 2, 1]) as tf.Tensor3D;
   const v3 = tf.reshape(v, [G, S, hd]) as tf.Tensor3D;
   let scores = tf.mul(bmm(q3, kT), 1 / Math.sqrt(hd));
-  // One query position sees every cached key: no mask needed while decoding.
-  if (T > 1 || S > pos0 + T) scores = tf.reshape(tf.add(tf.reshape(scores, [G, rep, T, S]), causalMask(T, S, pos0)), [G, rep * T, S]);
+  // One query position sees every cached key: no mask needed while decoding (unless rows are left-padded).
+  // A per-row mask [B·H, T, S] lines up with [G, rep, T, S]: head h = g·rep + r of row b is (b·n_kv_head + g)·rep + r.
+  if (T > 1 || S > pos0 + T || o.leftPad) {
+    const mask = causalMask(T, S, pos0, o.leftPad, c.n_head);
+    scores = tf.reshape(tf.add(tf.reshape(scores, [G, rep, T, S]), o.leftPad ? tf.reshape(mask, [G, rep, T, S]) : mask), [G, rep * T, S]);
+  }
   let att = tf.softmax(scores) as tf.Tensor3D;
   if (o.training && c.dropout > 0) att = tf.dropout(att, c.dropout) as tf.Tensor3D;
   const y = tf.transpose(tf.reshape(bmm(att, v3), [B, c.n_head, T, hd]), [0, 2, 1, 3]);
@@ -341,7 +376,11 @@ export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: Forwa
   if (pos0 + T > c.n_ctx) throw new Error(`sequence of ${pos0 + T} tokens exceeds the context length ${c.n_ctx}`);
   const out = tf.tidy(() => {
     let x = embedding(p['wte.weight'] as tf.Tensor2D, tf.reshape(tokens, [B * T]) as tf.Tensor1D);
-    if (c.arch === 'gpt2') {
+    if (c.arch === 'gpt2' && o.leftPad) {
+      const pos = Int32Array.from({ length: B * T }, (_, i) => Math.max(0, pos0 + (i % T) - o.leftPad![Math.floor(i / T)]!));
+      // A one-hot matmul rather than `embedding`: its gradient saves the scope-local position ids.
+      x = tf.add(x, matmul(oneHotFloat(tf.tensor1d(pos, 'int32'), c.n_ctx), p['wpe.weight'] as tf.Tensor2D));
+    } else if (c.arch === 'gpt2') {
       const wpe = tf.slice(p['wpe.weight']!, [pos0, 0], [T, c.n_embd]);
       x = tf.reshape(tf.add(tf.reshape(x, [B, T, c.n_embd]), wpe), [B * T, c.n_embd]);
     }

@@ -16,8 +16,9 @@ export interface SamplerOptions {
 export class Sampler {
   private readonly rng: Rng;
 
-  constructor(private readonly o: SamplerOptions) {
-    this.rng = new Rng(o.seed ?? Date.now());
+  /** rng: share the caller's generator (e.g. a trainer's, saved for resume) instead of seeding one. */
+  constructor(private readonly o: SamplerOptions, rng?: Rng) {
+    this.rng = rng ?? new Rng(o.seed ?? Date.now());
   }
 
   /** Pick the next token id from raw logits; `history` feeds the repetition penalty. */

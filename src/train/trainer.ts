@@ -7,7 +7,7 @@
  * A stage supplies a loss over its own batch type and a way to save; the loop owns everything else.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TrainerState } from '../checkpoint/manifest.js';
 import { METRICS_FILE } from '../checkpoint/model.js';
@@ -309,4 +309,10 @@ function metricsUpTo(path: string, step: number): string[] {
       return false;
     }
   });
+}
+
+/** Rewrite a log that lives beside a checkpoint (ppo's metrics and samples) to the lines up to `step`. */
+export function truncateMetrics(path: string, step: number): void {
+  if (!existsSync(path)) return;
+  writeFileSync(path, metricsUpTo(path, step).map((l) => l + '\n').join(''));
 }
