@@ -218,11 +218,14 @@ describe('ppo with a reward model', () => {
     assert.ok(rewardSame);
     assert.ok(Number.isFinite(scores[0]) && scores[0] !== 0);
     const value = readSafetensors(join(cfg.out_dir, VALUE_HEAD_FILE)).tensors;
-    const rm = readSafetensors(join(RM, 'model.safetensors')).tensors;
-    const head = Array.from(value['v_head.weight']!.data as Float32Array), score = Array.from(rm['score.weight']!.data as Float32Array);
+    // The RM's file has Hugging Face names; read it through the checkpoint loader for ours.
+    const { loadCheckpoint: load } = await import('../src/checkpoint/model.js');
+    const rmCk = load(RM, { heads: true });
+    const head = Array.from(value['v_head.weight']!.data as Float32Array), score = Array.from(rmCk.heads!['score.weight']!.dataSync());
     head.forEach((v, i) => assert.ok(Math.abs(v - score[i]!) < 1e-6, `v_head[${i}] ${v} vs score ${score[i]}`));
-    const trunk = Array.from(value['value_model.ln_f.weight']!.data as Float32Array), rmLn = Array.from(rm['ln_f.weight']!.data as Float32Array);
+    const trunk = Array.from(value['value_model.ln_f.weight']!.data as Float32Array), rmLn = Array.from(rmCk.params['ln_f.weight']!.dataSync());
     trunk.forEach((v, i) => assert.ok(Math.abs(v - rmLn[i]!) < 1e-6));
+    tf.dispose([...Object.values(rmCk.params), ...Object.values(rmCk.heads!)]);
   });
 
   test('a reward model with another tokenizer is an error unless reward.retokenize scores the decoded text', async () => {

@@ -1,17 +1,20 @@
 import type { CommandModule } from 'yargs';
 import { PpoConfigSchema } from '../config/ppo.js';
-import { ppo } from '../train/ppo.js';
-import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend } from './common.js';
+import { type GlobalArgs, type OutputArgs, handler, loadStageConfig, outputOptions, printSummary, startBackend } from './common.js';
 
-type Args = GlobalArgs & { resume: boolean };
+type Args = GlobalArgs & OutputArgs;
 
 export const ppoCommand: CommandModule<GlobalArgs, Args> = {
   command: 'ppo',
-  builder: (y) => y.option('resume', { type: 'boolean', default: false, describe: 'continue from the trainer state in out_dir' }),
+  builder: (y) =>
+    outputOptions(y)
+      .example('$0 ppo --config configs/ppo.yaml', 'PPO on the SFT policy with a rule reward')
+      .example('$0 ppo --config configs/ppo-rm.yaml', 'PPO against the reward model from llmctl rm'),
   handler: handler<Args>('ppo', async (args) => {
-    const cfg = loadStageConfig(PpoConfigSchema, args, { 'train.seed': args.seed });
+    const cfg = loadStageConfig(PpoConfigSchema, args, { 'train.seed': args.seed }, { command: 'ppo' });
     await startBackend(args);
-    const r = await ppo(cfg, { resume: args.resume });
+    const { ppo } = await import('../train/ppo.js'); // after the config checks: it loads tfjs
+    const r = await ppo(cfg, { resume: args.resume, overwrite: args.overwrite });
     if (r.interrupted) process.exitCode = 130;
     const m = r.metrics;
     printSummary(args, cfg.algorithm, {

@@ -26,6 +26,7 @@ import { KlController, clippedValueLoss, gae, groupAdvantages, grpoLoss, klEstim
 import { SCORE, type RewardModel, loadRewardModel, scoreConversations, scoreSequences } from '../align/reward.js';
 import { type ResponseInfo, type RuleRewardConfig, ruleReward } from '../align/rule-reward.js';
 import type { TrainerState } from '../checkpoint/manifest.js';
+import { closeOutputDir, contentIds } from '../checkpoint/output.js';
 import { type LoadedCheckpoint, METRICS_FILE, disposeParams, loadCheckpoint, loadTrainerState, readTensorFile, resumableDir, saveCheckpoint, toTensorData, toVariables } from '../checkpoint/model.js';
 import { writeSafetensors } from '../checkpoint/safetensors.js';
 import type { PpoConfig } from '../config/ppo.js';
@@ -46,6 +47,8 @@ const VALUE_TRUNK_PREFIX = 'value_model.';
 
 export interface PpoRunOptions {
   resume?: boolean;
+  /** Replace a checkpoint already in out_dir. */
+  overwrite?: boolean;
   /** A reward function in code (like TRL's reward_funcs callables), used instead of cfg.reward. */
   reward?: (r: ResponseInfo) => number;
   quiet?: boolean;
@@ -139,9 +142,19 @@ interface Cursor {
 const mean = (xs: readonly number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
 const rowSums = (rows: number[][], mask: number[][]) => rows.map((r, i) => r.reduce((s, v, t) => s + (mask[i]![t] ? v : 0), 0));
 
+/** Lock out_dir (refusing an existing checkpoint unless resume/overwrite, output.ts), run, release it. */
 export async function ppo(cfg: PpoConfig, o: PpoRunOptions = {}): Promise<PpoResult> {
+  const inputs = contentIds({ prompts: cfg.prompts.path, policy: join(cfg.policy, 'manifest.json') });
+  const resumeDir = resumableDir(cfg.out_dir, o.resume, { overwrite: o.overwrite, config: cfg, inputs });
+  try {
+    return await ppoRun(cfg, o, resumeDir);
+  } finally {
+    closeOutputDir(cfg.out_dir);
+  }
+}
+
+async function ppoRun(cfg: PpoConfig, o: PpoRunOptions, resumeDir: string | undefined): Promise<PpoResult> {
   const isPpo = cfg.algorithm === 'ppo';
-  const resumeDir = resumableDir(cfg.out_dir, o.resume);
   const resume = resumeDir ? loadTrainerState(resumeDir) : undefined;
   const owned: Params[] = []; // every tensor map loaded here, freed at the end
   const variables: tf.Variable[] = [];
