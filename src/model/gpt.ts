@@ -107,6 +107,22 @@ export interface ForwardOptions {
    * computing dW (LoRA's speed-up over full fine-tuning depends on it). Forward values are unchanged.
    */
   freezeBase?: boolean;
+  /** Paged KV cache (serve): tokens are one flat row [1, N] of several sequences; see PagedAttention. */
+  paged?: PagedAttention;
+}
+
+/**
+ * Attention over a paged KV cache (src/serve/). The N tokens of a serving step (prompt chunks and decode
+ * tokens of many sequences) run as one flat batch; each token carries its own position, and `attend`
+ * stores the new keys/values in the block pool and lets each token attend to its own sequence only.
+ */
+export interface PagedAttention {
+  /** Position of each of the N tokens within its own sequence (RoPE angle / wpe row). */
+  positions: Int32Array;
+  /** q [1, n_head, N, hd], k/v [1, n_kv_head, N, hd] (RoPE applied) → attention output [N, n_embd]. */
+  attend(layer: number, q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D;
+  /** Rows (token indices) whose logits are wanted; default all. Logits come back as [1, rows, vocab]. */
+  logitRows?: Int32Array;
 }
 
 export interface KVCache {
@@ -172,14 +188,14 @@ function mlp(p: Params, name: string, x: tf.Tensor2D, c: ModelConfig, o: Forward
   return linear(p, `${name}.down_proj`, act as tf.Tensor2D, o);
 }
 
-/** Rotary embedding, "rotate half" layout (as Hugging Face Llama): x [B,H,T,hd], positions pos0.. */
-function rope(x: tf.Tensor4D, pos0: number, c: ModelConfig): tf.Tensor4D {
+/** Rotary embedding, "rotate half" layout (as Hugging Face Llama): x [B,H,T,hd], positions pos0.. (or one per token). */
+function rope(x: tf.Tensor4D, pos0: number | Int32Array, c: ModelConfig): tf.Tensor4D {
   const [, , T, hd] = x.shape;
   const half = hd / 2;
   const cos = new Float32Array(T * half), sin = new Float32Array(T * half);
   for (let t = 0; t < T; t++) {
     for (let i = 0; i < half; i++) {
-      const angle = (pos0 + t) * Math.pow(c.rope_theta, (-2 * i) / hd);
+      const angle = (typeof pos0 === 'number' ? pos0 + t : pos0[t]!) * Math.pow(c.rope_theta, (-2 * i) / hd);
       cos[t * half + i] = Math.cos(angle);
       sin[t * half + i] = Math.sin(angle);
     }
@@ -204,9 +220,10 @@ function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, lay
   let k = heads(linear(p, `${name}.k_proj`, x, o), c.n_kv_head);
   let v = heads(linear(p, `${name}.v_proj`, x, o), c.n_kv_head);
   if (c.arch === 'llama') {
-    q = rope(q, pos0, c);
-    k = rope(k, pos0, c);
+    q = rope(q, o.paged?.positions ?? pos0, c);
+    k = rope(k, o.paged?.positions ?? pos0, c);
   }
+  if (o.paged) return linear(p, `${name}.o_proj`, o.paged.attend(layer, q, k, v), o);
   if (o.cache) {
     const pk = o.cache.k[layer], pv = o.cache.v[layer];
     if (pk && pv) {
@@ -247,10 +264,13 @@ function dropout(x: tf.Tensor2D, c: ModelConfig, o: ForwardOptions): tf.Tensor2D
 export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: ForwardOptions = {}): { logits: tf.Tensor3D; hidden?: tf.Tensor3D } {
   const [B, T] = tokens.shape;
   const pos0 = o.cache?.length ?? 0;
-  if (pos0 + T > c.n_ctx) throw new Error(`sequence of ${pos0 + T} tokens exceeds the context length ${c.n_ctx}`);
+  const lastPos = o.paged ? Math.max(-1, ...o.paged.positions) : pos0 + T - 1;
+  if (lastPos >= c.n_ctx) throw new Error(`sequence of ${lastPos + 1} tokens exceeds the context length ${c.n_ctx}`);
   const out = tf.tidy(() => {
     let x = embedding(p['wte.weight'] as tf.Tensor2D, tf.reshape(tokens, [B * T]) as tf.Tensor1D);
-    if (c.arch === 'gpt2') {
+    if (c.arch === 'gpt2' && o.paged) {
+      x = tf.add(x, tf.gather(p['wpe.weight']!, tf.tensor1d(o.paged.positions, 'int32')));
+    } else if (c.arch === 'gpt2') {
       const wpe = tf.slice(p['wpe.weight']!, [pos0, 0], [T, c.n_embd]);
       x = tf.reshape(tf.add(tf.reshape(x, [B, T, c.n_embd]), wpe), [B * T, c.n_embd]);
     }
@@ -259,9 +279,10 @@ export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: Forwa
       x = tf.add(x, dropout(attn(p, `h.${i}.attn`, norm(p, `h.${i}.ln_1`, x, c), B, T, i, c, o), c, o));
       x = tf.add(x, dropout(mlp(p, `h.${i}.mlp`, norm(p, `h.${i}.ln_2`, x, c), c, o), c, o));
     }
-    const h = norm(p, 'ln_f', x, c);
+    const rows = o.paged?.logitRows;
+    const h = norm(p, 'ln_f', rows ? (tf.gather(x, tf.tensor1d(rows, 'int32')) as tf.Tensor2D) : x, c);
     const head = c.tie_embeddings ? (tf.transpose(p['wte.weight']!) as tf.Tensor2D) : (p['lm_head.weight'] as tf.Tensor2D);
-    const logits = tf.reshape(o.freezeBase ? matmulFrozen(h, head) : matmul(h, head), [B, T, c.vocab_size]) as tf.Tensor3D;
+    const logits = tf.reshape(o.freezeBase ? matmulFrozen(h, head) : matmul(h, head), rows ? [1, rows.length, c.vocab_size] : [B, T, c.vocab_size]) as tf.Tensor3D;
     return o.returnHidden ? { logits, hidden: tf.reshape(h, [B, T, c.n_embd]) as tf.Tensor3D } : { logits };
   });
   if (o.cache) o.cache.length += T;
