@@ -89,6 +89,18 @@ export function isLinearWeight(name: string): boolean {
   return /(_proj|lm_head)\.weight$/.test(name);
 }
 
+/**
+ * Attention over a paged KV cache (src/serve/). The N tokens of a serving step (prompt chunks and decode
+ * tokens of many sequences) run as one flat batch [1, N]; each token carries its own position, and
+ * `attend` stores the new keys/values in the block pool and lets each token attend to its own sequence only.
+ */
+export interface PagedAttention {
+  /** Position of each of the N tokens within its own sequence (RoPE angle, wpe row). */
+  positions: Int32Array;
+  /** q [1, n_head, N, hd], k/v [1, n_kv_head, N, hd] (RoPE applied) → attention output [N, n_embd]. */
+  attend(layer: number, q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D;
+}
+
 // ---------------------------------------------------------------- layers
 
 export interface ForwardOptions {
@@ -107,22 +119,8 @@ export interface ForwardOptions {
    * computing dW (LoRA's speed-up over full fine-tuning depends on it). Forward values are unchanged.
    */
   freezeBase?: boolean;
-  /** Paged KV cache (serve): tokens are one flat row [1, N] of several sequences; see PagedAttention. */
+  /** Paged KV cache (serve): the tokens are one flat row [1, N] of several sequences; see PagedAttention. */
   paged?: PagedAttention;
-}
-
-/**
- * Attention over a paged KV cache (src/serve/). The N tokens of a serving step (prompt chunks and decode
- * tokens of many sequences) run as one flat batch; each token carries its own position, and `attend`
- * stores the new keys/values in the block pool and lets each token attend to its own sequence only.
- */
-export interface PagedAttention {
-  /** Position of each of the N tokens within its own sequence (RoPE angle / wpe row). */
-  positions: Int32Array;
-  /** q [1, n_head, N, hd], k/v [1, n_kv_head, N, hd] (RoPE applied) → attention output [N, n_embd]. */
-  attend(layer: number, q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D;
-  /** Rows (token indices) whose logits are wanted; default all. Logits come back as [1, rows, vocab]. */
-  logitRows?: Int32Array;
 }
 
 export interface KVCache {
@@ -188,14 +186,14 @@ function mlp(p: Params, name: string, x: tf.Tensor2D, c: ModelConfig, o: Forward
   return linear(p, `${name}.down_proj`, act as tf.Tensor2D, o);
 }
 
-/** Rotary embedding, "rotate half" layout (as Hugging Face Llama): x [B,H,T,hd], positions pos0.. (or one per token). */
-function rope(x: tf.Tensor4D, pos0: number | Int32Array, c: ModelConfig): tf.Tensor4D {
+/** Rotary embedding, "rotate half" layout (as Hugging Face Llama): x [B,H,T,hd], positions pos0.. */
+function rope(x: tf.Tensor4D, pos0: number, c: ModelConfig): tf.Tensor4D {
   const [, , T, hd] = x.shape;
   const half = hd / 2;
   const cos = new Float32Array(T * half), sin = new Float32Array(T * half);
   for (let t = 0; t < T; t++) {
     for (let i = 0; i < half; i++) {
-      const angle = (typeof pos0 === 'number' ? pos0 + t : pos0[t]!) * Math.pow(c.rope_theta, (-2 * i) / hd);
+      const angle = (pos0 + t) * Math.pow(c.rope_theta, (-2 * i) / hd);
       cos[t * half + i] = Math.cos(angle);
       sin[t * half + i] = Math.sin(angle);
     }
@@ -213,6 +211,7 @@ function causalMask(T: number, S: number, pos0: number): tf.Tensor2D {
 }
 
 function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, layer: number, c: ModelConfig, o: ForwardOptions): tf.Tensor2D {
+  if (o.paged) return pagedAttn(p, name, x, layer, c, o, o.paged);
   const hd = c.n_embd / c.n_head, rep = c.n_head / c.n_kv_head;
   const pos0 = o.cache?.length ?? 0;
   const heads = (t: tf.Tensor2D, n: number) => tf.transpose(tf.reshape(t, [B, T, n, hd]), [0, 2, 1, 3]) as tf.Tensor4D;
@@ -220,10 +219,9 @@ function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, lay
   let k = heads(linear(p, `${name}.k_proj`, x, o), c.n_kv_head);
   let v = heads(linear(p, `${name}.v_proj`, x, o), c.n_kv_head);
   if (c.arch === 'llama') {
-    q = rope(q, o.paged?.positions ?? pos0, c);
-    k = rope(k, o.paged?.positions ?? pos0, c);
+    q = rope(q, pos0, c);
+    k = rope(k, pos0, c);
   }
-  if (o.paged) return linear(p, `${name}.o_proj`, o.paged.attend(layer, q, k, v), o);
   if (o.cache) {
     const pk = o.cache.k[layer], pv = o.cache.v[layer];
     if (pk && pv) {
@@ -257,6 +255,36 @@ function dropout(x: tf.Tensor2D, c: ModelConfig, o: ForwardOptions): tf.Tensor2D
   return o.training && c.dropout > 0 ? (tf.dropout(x, c.dropout) as tf.Tensor2D) : x;
 }
 
+/** The same attention block over a paged KV cache: the step's flat tokens, RoPE at each token's own position. */
+function pagedAttn(p: Params, name: string, x: tf.Tensor2D, layer: number, c: ModelConfig, o: ForwardOptions, paged: PagedAttention): tf.Tensor2D {
+  const N = x.shape[0], hd = c.n_embd / c.n_head;
+  const heads = (t: tf.Tensor2D, n: number) => tf.transpose(tf.reshape(t, [1, N, n, hd]), [0, 2, 1, 3]) as tf.Tensor4D;
+  let q = heads(linear(p, `${name}.q_proj`, x, o), c.n_head);
+  let k = heads(linear(p, `${name}.k_proj`, x, o), c.n_kv_head);
+  const v = heads(linear(p, `${name}.v_proj`, x, o), c.n_kv_head);
+  if (c.arch === 'llama') {
+    q = ropeAt(q, paged.positions, c);
+    k = ropeAt(k, paged.positions, c);
+  }
+  return linear(p, `${name}.o_proj`, paged.attend(layer, q, k, v), o);
+}
+
+/** `rope` with one position per token (x [1, H, N, hd]) instead of consecutive positions from pos0. */
+function ropeAt(x: tf.Tensor4D, positions: Int32Array, c: ModelConfig): tf.Tensor4D {
+  const hd = x.shape[3], half = hd / 2, N = positions.length;
+  const cos = new Float32Array(N * half), sin = new Float32Array(N * half);
+  for (let t = 0; t < N; t++) {
+    for (let i = 0; i < half; i++) {
+      const angle = positions[t]! * Math.pow(c.rope_theta, (-2 * i) / hd);
+      cos[t * half + i] = Math.cos(angle);
+      sin[t * half + i] = Math.sin(angle);
+    }
+  }
+  const cosT = tf.tensor2d(cos, [N, half]), sinT = tf.tensor2d(sin, [N, half]);
+  const [x1, x2] = tf.split(x, 2, -1) as [tf.Tensor4D, tf.Tensor4D];
+  return tf.concat([tf.sub(tf.mul(x1, cosT), tf.mul(x2, sinT)), tf.add(tf.mul(x2, cosT), tf.mul(x1, sinT))], -1) as tf.Tensor4D;
+}
+
 /**
  * tokens [B, T] int32 → logits [B, T, vocab]. With a cache, positions continue from cache.length and
  * the cache grows by T.
@@ -264,8 +292,8 @@ function dropout(x: tf.Tensor2D, c: ModelConfig, o: ForwardOptions): tf.Tensor2D
 export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: ForwardOptions = {}): { logits: tf.Tensor3D; hidden?: tf.Tensor3D } {
   const [B, T] = tokens.shape;
   const pos0 = o.cache?.length ?? 0;
-  const lastPos = o.paged ? Math.max(-1, ...o.paged.positions) : pos0 + T - 1;
-  if (lastPos >= c.n_ctx) throw new Error(`sequence of ${lastPos + 1} tokens exceeds the context length ${c.n_ctx}`);
+  const end = o.paged ? Math.max(0, ...o.paged.positions) + 1 : pos0 + T;
+  if (end > c.n_ctx) throw new Error(`sequence of ${end} tokens exceeds the context length ${c.n_ctx}`);
   const out = tf.tidy(() => {
     let x = embedding(p['wte.weight'] as tf.Tensor2D, tf.reshape(tokens, [B * T]) as tf.Tensor1D);
     if (c.arch === 'gpt2' && o.paged) {
@@ -279,10 +307,9 @@ export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: Forwa
       x = tf.add(x, dropout(attn(p, `h.${i}.attn`, norm(p, `h.${i}.ln_1`, x, c), B, T, i, c, o), c, o));
       x = tf.add(x, dropout(mlp(p, `h.${i}.mlp`, norm(p, `h.${i}.ln_2`, x, c), c, o), c, o));
     }
-    const rows = o.paged?.logitRows;
-    const h = norm(p, 'ln_f', rows ? (tf.gather(x, tf.tensor1d(rows, 'int32')) as tf.Tensor2D) : x, c);
+    const h = norm(p, 'ln_f', x, c);
     const head = c.tie_embeddings ? (tf.transpose(p['wte.weight']!) as tf.Tensor2D) : (p['lm_head.weight'] as tf.Tensor2D);
-    const logits = tf.reshape(o.freezeBase ? matmulFrozen(h, head) : matmul(h, head), rows ? [1, rows.length, c.vocab_size] : [B, T, c.vocab_size]) as tf.Tensor3D;
+    const logits = tf.reshape(o.freezeBase ? matmulFrozen(h, head) : matmul(h, head), [B, T, c.vocab_size]) as tf.Tensor3D;
     return o.returnHidden ? { logits, hidden: tf.reshape(h, [B, T, c.n_embd]) as tf.Tensor3D } : { logits };
   });
   if (o.cache) o.cache.length += T;

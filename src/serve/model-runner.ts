@@ -47,18 +47,22 @@ export class ModelRunner {
         for (let t = 0; t < s.count; t++) ids.push(s.tokens[t]!);
         if (s.sample) rows.push(ids.length - 1);
       }
-      // Every forward returns at least one row (a step of only partial prefill chunks samples nothing).
-      const paged = pagedAttention(this.pool, group, Int32Array.from(rows.length ? rows : [ids.length - 1]));
+      const paged = pagedAttention(this.pool, group);
       const input = tf.tensor2d(ids, [1, ids.length], 'int32');
       const { logits } = forward(variant.params, this.config, input, { paged, loraScale: variant.loraScale });
       input.dispose();
-      const data = logits.dataSync() as Float32Array;
-      logits.dispose();
       const V = this.config.vocab_size;
-      let r = 0;
-      idx.forEach((i, j) => {
-        if (group[j]!.sample) out[i] = data.slice(r * V, ++r * V);
-      });
+      if (rows.length) {
+        // Only the sampled rows leave the backend (a prompt chunk's other positions are not needed).
+        const picked = tf.tidy(() => tf.gather(tf.reshape(logits, [ids.length, V]), tf.tensor1d(rows, 'int32')));
+        const data = picked.dataSync() as Float32Array;
+        picked.dispose();
+        let r = 0;
+        idx.forEach((i, j) => {
+          if (group[j]!.sample) out[i] = data.slice(r * V, ++r * V);
+        });
+      }
+      logits.dispose();
     }
     return out;
   }

@@ -61,7 +61,7 @@ export interface StepSegment {
 }
 
 /** The PagedAttention hook gpt.ts's forward calls, for one step's flat batch of segments. */
-export function pagedAttention(pool: KvPool, segments: readonly StepSegment[], logitRows?: Int32Array): PagedAttention {
+export function pagedAttention(pool: KvPool, segments: readonly StepSegment[]): PagedAttention {
   const { config, blockSize } = pool;
   const hd = config.n_embd / config.n_head, kvh = config.n_kv_head, rep = config.n_head / kvh;
   const N = segments.reduce((n, s) => n + s.count, 0);
@@ -133,5 +133,5 @@ export function pagedAttention(pool: KvPool, segments: readonly StepSegment[], l
     }
     return tf.tensor2d(out, [N, config.n_embd]);
   };
-  return { positions, attend, logitRows };
+  return { positions, attend };
 }
