@@ -277,6 +277,16 @@ describe('serve: access control and back-pressure', () => {
   });
 });
 
+describe('serve: timeouts', () => {
+  test('a request running past limits.request_timeout_s is cancelled with 408 and frees its blocks', async () => {
+    await withServer({ limits: { request_timeout_s: 0.05 }, engine: { num_blocks: 16, block_size: 8 } }, async (s, client) => {
+      await assert.rejects(client.completions.create({ model: 'tiny', prompt: 'To be', max_tokens: 55 }), (e: InstanceType<typeof OpenAI.APIError>) => e.status === 408 && e.code === 'request_timeout');
+      assert.equal(s.engine.numRequests, 0);
+      assert.equal(s.engine.blocks.numFree, 16);
+    });
+  });
+});
+
 describe('serve: load and faults', () => {
   test('200 concurrent streaming clients (a third disconnect mid-stream) + malformed JSON + a 10 MB body + an over-long prompt', async () => {
     await withServer({ engine: { max_num_seqs: 16, num_blocks: 48, block_size: 8 }, limits: { max_waiting: 400 } }, async (s, client) => {

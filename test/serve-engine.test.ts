@@ -12,6 +12,7 @@ import { disposeParams } from '../src/checkpoint/model.js';
 import { generate } from '../src/model/generate.js';
 import { type ModelConfig, type Params, emptyCache, disposeCache, forward, resolveModelConfig } from '../src/model/gpt.js';
 import { initParams } from '../src/model/init.js';
+import { chatPromptIds } from '../src/model/prompt.js';
 import { importLlama2c } from '../src/model/llama2c.js';
 import { applyPresenceFrequencyPenalty, logSoftmax, topLogprobs } from '../src/model/sample.js';
 import { BlockManager } from '../src/serve/block-manager.js';
@@ -159,6 +160,20 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
   return m;
 }
+
+describe('chat prompts', () => {
+  test('a non-ChatML chat template from the checkpoint is rendered with Jinja, then encoded', () => {
+    const saved = stories.tokenizer.chatTemplate;
+    stories.tokenizer.chatTemplate = "{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+    try {
+      const ids = chatPromptIds(stories.tokenizer, [{ role: 'user', content: 'Hi Lily' }]);
+      assert.deepEqual(ids, stories.tokenizer.encode('<s>user: Hi Lily\nassistant:', { allowSpecial: true }));
+      assert.equal(ids[0], stories.tokenizer.bosId);
+    } finally {
+      stories.tokenizer.chatTemplate = saved;
+    }
+  });
+});
 
 describe('paged attention', () => {
   const cases: [string, ModelConfig, Params][] = [

@@ -14,6 +14,7 @@ import { randomUUID } from 'node:crypto';
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
+import { chatPromptIds } from '../model/prompt.js';
 import type { ChatMessage } from '../tokenizer/index.js';
 import { type ChoiceDelta, type Engine, type FinishReason, RequestError, type SamplingParams, type TokenLogprob } from './engine.js';
 import type { ServeMetrics } from './metrics.js';
@@ -211,9 +212,9 @@ export class ApiServer {
       content: typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),
     }));
     try {
-      return this.engine.tokenizer.renderChat(messages, { addGenerationPrompt: true }).ids;
+      return chatPromptIds(this.engine.tokenizer, messages);
     } catch (err) {
-      throw new HttpError(400, `This model has no chat template: ${(err as Error).message}; use /v1/completions`, 'invalid_request_error', 'messages', 'chat_template_missing');
+      throw new HttpError(400, `The model's chat template failed: ${(err as Error).message}; use /v1/completions`, 'invalid_request_error', 'messages', 'chat_template_error');
     }
   }
 
