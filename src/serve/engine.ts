@@ -151,8 +151,9 @@ export class Engine {
     this.stopIds = new Set(stopTokenIds(tokenizer));
   }
 
+  /** Requests with a sequence in the running batch (n > 1 choices count once, as vLLM counts). */
   get numRunning(): number {
-    return this.scheduler.running.length;
+    return new Set(this.scheduler.running.map((s) => (s as SeqState).request)).size;
   }
 
   get numWaiting(): number {

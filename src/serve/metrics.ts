@@ -67,8 +67,8 @@ export class ServeMetrics {
       out.push(`# HELP llmctl:${name} ${help}`, `# TYPE llmctl:${name} ${type}`, ...lines);
     };
     const one = (name: string, v: number, extra = '') => `llmctl:${name}{${label}${extra}} ${v}`;
-    metric('num_requests_running', 'gauge', 'Number of sequences in the running batch.', [one('num_requests_running', e.numRunning)]);
-    metric('num_requests_waiting', 'gauge', 'Number of sequences waiting to be scheduled (new or preempted).', [one('num_requests_waiting', e.numWaiting)]);
+    metric('num_requests_running', 'gauge', 'Requests with sequences in the running batch.', [one('num_requests_running', e.numRunning)]);
+    metric('num_requests_waiting', 'gauge', 'Sequences waiting to be scheduled (new or preempted).', [one('num_requests_waiting', e.numWaiting)]);
     metric('kv_cache_usage_perc', 'gauge', 'Fraction of KV-cache blocks in use (1 = full).', [one('kv_cache_usage_perc', e.blocks.usage)]);
     metric('num_preemptions_total', 'counter', 'Sequences preempted (KV freed, recomputed later) because blocks ran out.', [one('num_preemptions_total', e.scheduler.numPreemptions)]);
     metric('prefix_cache_hits_total', 'counter', 'KV blocks reused from the prefix cache.', [one('prefix_cache_hits_total', e.blocks.prefixHits)]);
