@@ -260,6 +260,10 @@ export class ApiServer {
         }
       });
       req.on('error', reject);
+      // A client that goes away mid-body: nothing to answer.
+      req.on('close', () => {
+        if (!req.complete) reject(new HttpError(400, 'The client closed the connection before sending the whole body', 'invalid_request_error', null, 'incomplete_body'));
+      });
     });
   }
 
