@@ -3,10 +3,12 @@
  * rates against a real `llmctl serve` on 127.0.0.1 (a child process, so the load generator does not share
  * its event loop), streamed through the openai client; reports output tokens/s, TTFT and TPOT p50/p99.
  *
- *   node --import tsx bench/serve.ts [--checkpoint runs/pretrain] [--requests 48] [--rates 4,16,inf]
+ *   node --import tsx bench/serve.ts [--checkpoint runs/pretrain] [--requests 64] [--rates 4,16,inf] [--reps 2]
  *                                    [--max-tokens 32] [--sweep 1,2,4,8,16,32] [--seed 0]
  *
- * 1. continuous batching (max_num_seqs 16) vs one request at a time (max_num_seqs 1) on the same load;
+ * 1. continuous batching (max_num_seqs 16) vs one request at a time (max_num_seqs 1) on the same load, as
+ *    wall-clock output tokens/s and as tokens per second of the server's own CPU time (on a shared machine the
+ *    wall-clock figure swings with other processes' load; the CPU-time one much less);
  * 2. a batch-size sweep (all requests at once, max_num_seqs from --sweep);
  * 3. single stream: one request at a time, server tokens/s and TTFT next to in-process `generate`.
  * Bounded: --requests per run, and every run stops after --run-timeout seconds.
@@ -24,12 +26,13 @@ import { REPO, SHAKESPEARE_PATH } from '../test/paths.js';
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]!.replace(/^--/, ''), process.argv[i + 1] ?? '');
 const CHECKPOINT = args.get('checkpoint') ?? 'runs/pretrain';
-const REQUESTS = Number(args.get('requests') ?? 48);
+const REQUESTS = Number(args.get('requests') ?? 64);
 const RATES = (args.get('rates') ?? '4,16,inf').split(',').map((r) => (r === 'inf' ? Infinity : Number(r)));
 const MAX_TOKENS = Number(args.get('max-tokens') ?? 32);
 const SWEEP = (args.get('sweep') ?? '1,2,4,8,16,32').split(',').map(Number);
 const RUN_TIMEOUT_S = Number(args.get('run-timeout') ?? 120);
 const SEED = Number(args.get('seed') ?? 0);
+const REPS = Number(args.get('reps') ?? 2);
 
 interface Server { url: string; child: ChildProcess }
 
@@ -96,12 +99,19 @@ const pct = (xs: number[], p: number) => {
   return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
 };
 
-interface RunStats { rate: number; seqs: number; done: number; failed: number; seconds: number; outTokS: number; reqS: number; ttft50: number; ttft99: number; tpot50: number; tpot99: number }
+interface RunStats { rate: number; seqs: number; done: number; failed: number; seconds: number; outTokS: number; reqS: number; cpuS: number; tokPerCpuS: number; ttft50: number; ttft99: number; tpot50: number; tpot99: number }
+
+/** The server's CPU seconds so far (process_cpu_seconds_total on /metrics). */
+async function serverCpu(url: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  return Number(/^process_cpu_seconds_total (\S+)$/m.exec(text)?.[1]);
+}
 
 /** Send `ps` with Poisson arrivals (exponential gaps, mean 1/rate) and wait for all, bounded in time. */
 async function run(url: string, seqs: number, rate: number, ps: string[]): Promise<RunStats> {
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0, timeout: RUN_TIMEOUT_S * 1000 });
   const rng = new Rng(SEED + 7);
+  const cpu0 = await serverCpu(url);
   const t0 = performance.now();
   const pending: Promise<Result>[] = [];
   for (let i = 0; i < ps.length; i++) {
@@ -111,20 +121,21 @@ async function run(url: string, seqs: number, rate: number, ps: string[]): Promi
   }
   const results = await Promise.all(pending);
   const seconds = (performance.now() - t0) / 1000;
+  const cpuS = (await serverCpu(url)) - cpu0;
   const ok = results.filter((r) => r.ok);
   const tokens = ok.reduce((n, r) => n + r.tokens, 0);
   const tpots = ok.filter((r) => r.tokens > 1).map((r) => (r.e2e - r.ttft) / (r.tokens - 1));
   return {
-    rate, seqs, done: ok.length, failed: results.length - ok.length, seconds, outTokS: tokens / seconds, reqS: ok.length / seconds,
+    rate, seqs, done: ok.length, failed: results.length - ok.length, seconds, outTokS: tokens / seconds, reqS: ok.length / seconds, cpuS, tokPerCpuS: tokens / cpuS,
     ttft50: pct(ok.map((r) => r.ttft), 50), ttft99: pct(ok.map((r) => r.ttft), 99), tpot50: pct(tpots, 50), tpot99: pct(tpots, 99),
   };
 }
 
 const ms = (s: number) => (s * 1000).toFixed(0);
 function row(s: RunStats): string {
-  return `| ${s.rate === Infinity ? 'all at once' : `${s.rate}/s`} | ${s.seqs} | ${s.done}${s.failed ? ` (${s.failed} failed)` : ''} | ${s.seconds.toFixed(1)} | ${s.outTokS.toFixed(0)} | ${ms(s.ttft50)} / ${ms(s.ttft99)} | ${ms(s.tpot50)} / ${ms(s.tpot99)} |`;
+  return `| ${s.rate === Infinity ? 'all at once' : `${s.rate}/s`} | ${s.seqs} | ${s.done}${s.failed ? ` (${s.failed} failed)` : ''} | ${s.seconds.toFixed(1)} | ${s.outTokS.toFixed(0)} | ${s.cpuS.toFixed(1)} | ${s.tokPerCpuS.toFixed(0)} | ${ms(s.ttft50)} / ${ms(s.ttft99)} | ${ms(s.tpot50)} / ${ms(s.tpot99)} |`;
 }
-const HEADER = '| arrivals | max_num_seqs | requests | seconds | output tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms |\n| --- | --- | --- | --- | --- | --- | --- |';
+const HEADER = '| arrivals | max_num_seqs | requests | seconds | output tok/s | server CPU s | tokens per server CPU s | TTFT p50 / p99 ms | TPOT p50 / p99 ms |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |';
 
 async function withServer<T>(seqs: number, fn: (url: string) => Promise<T>): Promise<T> {
   const s = await startServer(seqs);
@@ -139,16 +150,31 @@ const ps = prompts(REQUESTS, SEED);
 console.log(`# serve bench: ${CHECKPOINT}, ${REQUESTS} requests per run, max_tokens ${MAX_TOKENS}, temperature 0.8\n`);
 
 console.log('## Continuous batching vs one at a time (Poisson arrivals)\n');
+console.log(`Both servers stay up; at each rate the two run back to back, in alternating order, ${REPS} times (the machine is shared, so load drifts).\n`);
 console.log(HEADER);
+const one = await startServer(1), batched = await startServer(16);
 const ratios: string[] = [];
-for (const rate of RATES) {
-  const one = await withServer(1, (url) => run(url, 1, rate, ps));
-  console.log(row(one));
-  const batched = await withServer(16, (url) => run(url, 16, rate, ps));
-  console.log(row(batched));
-  ratios.push(`${rate === Infinity ? 'all at once' : `${rate}/s`}: ${(batched.outTokS / one.outTokS).toFixed(2)}x`);
+try {
+  for (const rate of RATES) {
+    const rs: number[] = [], rsCpu: number[] = [];
+    for (let rep = 0; rep < REPS; rep++) {
+      const pair: RunStats[] = [];
+      for (const [seqs, s] of rep % 2 ? [[16, batched], [1, one]] as const : [[1, one], [16, batched]] as const) {
+        const st = await run(s.url, seqs, rate, ps);
+        console.log(row(st));
+        pair[seqs] = st;
+      }
+      rs.push(pair[16]!.outTokS / pair[1]!.outTokS);
+      rsCpu.push(pair[16]!.tokPerCpuS / pair[1]!.tokPerCpuS);
+    }
+    const fmt = (xs: number[]) => xs.map((r) => r.toFixed(2) + 'x').join(', ');
+    ratios.push(`${rate === Infinity ? 'all at once' : `${rate}/s`}: wall ${fmt(rs)}; per server CPU s ${fmt(rsCpu)}`);
+  }
+} finally {
+  await stopServer(one);
+  await stopServer(batched);
 }
-console.log(`\ncontinuous batching (16) / one at a time (1), output tokens/s: ${ratios.join(', ')}\n`);
+console.log(`\ncontinuous batching (16) / one at a time (1), output tokens/s per repetition:\n${ratios.map((r) => `- ${r}`).join('\n')}\n`);
 
 console.log('## Batch-size sweep (all requests at once)\n');
 console.log(HEADER);

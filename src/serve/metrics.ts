@@ -79,6 +79,10 @@ export class ServeMetrics {
     metric('time_to_first_token_seconds', 'histogram', 'Time from arrival to the first generated token.', this.ttft.lines('llmctl:time_to_first_token_seconds', label));
     metric('time_per_output_token_seconds', 'histogram', 'Mean time per generated token after the first, per request.', this.tpot.lines('llmctl:time_per_output_token_seconds', label));
     metric('e2e_request_latency_seconds', 'histogram', 'Time from arrival to the end of the request.', this.e2e.lines('llmctl:e2e_request_latency_seconds', label));
+    // The standard process metric (as prom-client exports it): lets a benchmark on a shared machine divide
+    // tokens by the server's own CPU time.
+    const cpu = process.cpuUsage();
+    out.push('# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.', '# TYPE process_cpu_seconds_total counter', `process_cpu_seconds_total ${(cpu.user + cpu.system) / 1e6}`);
     return out.join('\n') + '\n';
   }
 }
