@@ -280,6 +280,18 @@ describe('engine', () => {
     assert.equal(e.blocks.numFree, ENGINE.num_blocks);
   });
 
+  test('preempted sequences are recomputed and still give exactly the greedy tokens', () => {
+    const prompts = ['Once upon a time', 'The cat', 'Lily and Tom went to the park', 'One day, a little bird'];
+    const refs = prompts.map((p) => generate(stories, encode(p), { ...GREEDY, max_tokens: 14, stop: [] }).ids);
+    // 8 blocks of 4 positions: room for about one of these sequences at a time, so the scheduler preempts.
+    const e = engineFor({ num_blocks: 8, block_size: 4, prefix_caching: false });
+    const got = prompts.map((p, i) => submit(e, `q${i}`, encode(p), { max_tokens: 14 }));
+    drain(e);
+    assert.ok(e.scheduler.numPreemptions > 0, 'preemptions happened');
+    assert.deepEqual(got.map((c) => c.ids[0]), refs);
+    assert.equal(e.blocks.numFree, 8);
+  });
+
   test('prefix caching: a repeated prompt reuses its full blocks and gives the same tokens', () => {
     const e = engineFor({ block_size: 4 });
     const prompt = encode('Once upon a time, there was a little');
