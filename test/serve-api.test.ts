@@ -36,6 +36,8 @@ const config = resolveModelConfig({ arch: 'gpt2', vocab_size: tokenizer.vocabSiz
 const params = initParams(config, 11);
 const model: LoadedCheckpoint = { dir: join(TMP, 'tiny'), config, params, tokenizer, manifest: undefined };
 after(() => disposeParams(params));
+// On disk too: the adapter names it as its base, and the CLI test serves it.
+await saveCheckpoint(model.dir, { config, params, tokenizer, stage: 'test', stageConfig: {} });
 
 // A LoRA adapter with a non-zero B, so it changes the model's outputs.
 const ADAPTER_DIR = join(TMP, 'adapter');
@@ -279,10 +281,11 @@ describe('serve: access control and back-pressure', () => {
 
 describe('serve: timeouts', () => {
   test('a request running past limits.request_timeout_s is cancelled with 408 and frees its blocks', async () => {
-    await withServer({ limits: { request_timeout_s: 0.05 }, engine: { num_blocks: 16, block_size: 8 } }, async (s, client) => {
-      await assert.rejects(client.completions.create({ model: 'tiny', prompt: 'To be', max_tokens: 55 }), (e: InstanceType<typeof OpenAI.APIError>) => e.status === 408 && e.code === 'request_timeout');
+    // 1 ms: far less than 8 choices × 55 tokens take, however fast the kernels (each step yields to the event loop).
+    await withServer({ limits: { request_timeout_s: 0.001 }, engine: { num_blocks: 64, block_size: 8 } }, async (s, client) => {
+      await assert.rejects(client.completions.create({ model: 'tiny', prompt: 'To be', max_tokens: 55, n: 8 }), (e: InstanceType<typeof OpenAI.APIError>) => e.status === 408 && e.code === 'request_timeout');
       assert.equal(s.engine.numRequests, 0);
-      assert.equal(s.engine.blocks.numFree, 16);
+      assert.equal(s.engine.blocks.numFree, 64);
     });
   });
 });
@@ -341,9 +344,7 @@ describe('serve: load and faults', () => {
 
 describe('serve: the CLI', () => {
   test('llmctl serve: SIGTERM stops accepting, finishes the running request, exits 0', async () => {
-    const dir = join(TMP, 'ckpt');
-    await saveCheckpoint(dir, { config, params, tokenizer, stage: 'test', stageConfig: {} });
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'serve', '--checkpoint', dir, '--port', '0', '--backend', 'wasm'], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', 'serve', '--checkpoint', model.dir, '--port', '0', '--backend', 'wasm'], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
     let stderr = '';
     const url = await new Promise<string>((resolve, reject) => {
@@ -359,7 +360,7 @@ describe('serve: the CLI', () => {
     });
     try {
       const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0 });
-      const stream = await client.completions.create({ model: 'ckpt', prompt: 'To be', max_tokens: 40, temperature: 0, stream: true, stream_options: { include_usage: true } });
+      const stream = await client.completions.create({ model: 'tiny', prompt: 'To be', max_tokens: 40, temperature: 0, stream: true, stream_options: { include_usage: true } });
       let tokens = 0, signalled = false;
       for await (const chunk of stream) {
         if (chunk.usage) tokens = chunk.usage.completion_tokens;
