@@ -22,5 +22,6 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'rm', describe: 'train a reward model (Bradley–Terry on preference pairs), or `rm score` to score rows', load: async () => (await import('./rm.js')).rmCommand },
   { name: 'dpo', describe: 'direct preference optimization (sigmoid / ipo / hinge) of an SFT checkpoint against a frozen reference', load: async () => (await import('./dpo.js')).dpoCommand },
   { name: 'ppo', describe: 'RLHF: PPO (value head, KL penalty) or GRPO against a reward model or a rule reward', load: async () => (await import('./ppo.js')).ppoCommand },
+  { name: 'serve', describe: 'OpenAI-compatible HTTP server: continuous batching over a paged KV cache, LoRA adapters, metrics', load: async () => (await import('./serve.js')).serveCommand },
   { name: 'pipeline', describe: 'run several stages in order, each reading the checkpoint the previous one wrote', load: async () => (await import('./pipeline.js')).pipelineCommand },
 ];

@@ -45,12 +45,11 @@ export function generate(model: LanguageModel, promptIds: number[], o: GenerateO
   if (promptIds.length >= config.n_ctx) throw new Error(`generate: prompt has ${promptIds.length} tokens; the context length is ${config.n_ctx}`);
   const sampler = new Sampler(o);
   const stopIds = new Set(stopTokenIds(tokenizer));
-  const streamer = new TextStreamer(tokenizer, { prevId: promptIds[promptIds.length - 1] });
+  const out = new GenerationText(tokenizer, promptIds[promptIds.length - 1], o.stop);
   const cache = emptyCache(config); // disposeCache empties it in place, so it can be refilled
   const history = [...promptIds];
   const ids: number[] = [];
-  let text = '', emitted = 0, finishReason: Generation['finishReason'] = 'length';
-  const holdBack = Math.max(0, ...o.stop.map((s) => s.length - 1));
+  let finishReason: Generation['finishReason'] = 'length';
   const t0 = performance.now();
   let tFirst = 0;
   try {
@@ -69,19 +68,11 @@ export function generate(model: LanguageModel, promptIds: number[], o: GenerateO
       }
       ids.push(next);
       history.push(next);
-      text += streamer.push(next);
-      const hit = firstStop(text, o.stop);
-      if (hit >= 0) {
-        text = text.slice(0, hit);
+      if (out.push(next)) {
         finishReason = 'stop';
         break;
       }
-      // Emit what can no longer become part of a stop string.
-      const safe = text.length - holdBack;
-      if (o.onText && safe > emitted) {
-        o.onText(text.slice(emitted, safe));
-        emitted = safe;
-      }
+      if (o.onText) emit(o.onText, out.take());
       feed = [next];
       if (cache.length + 1 > config.n_ctx) {
         // Context full: restart from the most recent half of the window (llama.cpp's context shift,
@@ -90,11 +81,12 @@ export function generate(model: LanguageModel, promptIds: number[], o: GenerateO
         feed = history.slice(-Math.floor(config.n_ctx / 2));
       }
     }
-    if (finishReason === 'length') text += streamer.flush();
-    if (o.onText && text.length > emitted) o.onText(text.slice(emitted));
+    out.finish(finishReason === 'length');
+    if (o.onText) emit(o.onText, out.take());
   } finally {
     disposeCache(cache);
   }
+  const text = out.text;
   const tEnd = performance.now();
   return {
     text,
@@ -177,7 +169,54 @@ export function generateBatch(model: LanguageModel, prompts: number[][], o: Batc
   return { ids, finished };
 }
 
-function firstStop(text: string, stops: string[]): number {
+function emit(onText: (t: string) => void, text: string): void {
+  if (text) onText(text);
+}
+
+/**
+ * The text of one generation as it grows token by token (generate and serve share it): detokenized
+ * incrementally (never half a character), cut before the first stop string, and released only once it
+ * can no longer turn out to be the start of a stop string.
+ */
+export class GenerationText {
+  text = '';
+  private emitted = 0;
+  private done = false;
+  private readonly streamer: TextStreamer;
+  private readonly holdBack: number;
+
+  constructor(tokenizer: Tokenizer, prevId: number | undefined, private readonly stop: readonly string[]) {
+    this.streamer = new TextStreamer(tokenizer, { prevId });
+    this.holdBack = Math.max(0, ...stop.map((s) => s.length - 1));
+  }
+
+  /** Append a token's text; true when a stop string has now appeared (the text is cut before it). */
+  push(id: number): boolean {
+    this.text += this.streamer.push(id);
+    const hit = firstStop(this.text, this.stop);
+    if (hit < 0) return false;
+    this.text = this.text.slice(0, hit);
+    this.done = true;
+    return true;
+  }
+
+  /** The generation ended: everything left becomes final (`flush`: also an incomplete trailing character). */
+  finish(flush: boolean): void {
+    if (flush) this.text += this.streamer.flush();
+    this.done = true;
+  }
+
+  /** Text that became final since the last call. */
+  take(): string {
+    const safe = this.done ? this.text.length : this.text.length - this.holdBack;
+    if (safe <= this.emitted) return '';
+    const piece = this.text.slice(this.emitted, safe);
+    this.emitted = safe;
+    return piece;
+  }
+}
+
+function firstStop(text: string, stops: readonly string[]): number {
   let at = -1;
   for (const s of stops) {
     const i = s ? text.indexOf(s) : -1;

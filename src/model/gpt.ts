@@ -91,6 +91,18 @@ export function isLinearWeight(name: string): boolean {
   return /(_proj|lm_head)\.weight$/.test(name);
 }
 
+/**
+ * Attention over a paged KV cache (src/serve/). The N tokens of a serving step (prompt chunks and decode
+ * tokens of many sequences) run as one flat batch [1, N]; each token carries its own position, and
+ * `attend` stores the new keys/values in the block pool and lets each token attend to its own sequence only.
+ */
+export interface PagedAttention {
+  /** Position of each of the N tokens within its own sequence (RoPE angle, wpe row). */
+  positions: Int32Array;
+  /** q [1, n_head, N, hd], k/v [1, n_kv_head, N, hd] (RoPE applied) → attention output [N, n_embd]. */
+  attend(layer: number, q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D;
+}
+
 // ---------------------------------------------------------------- layers
 
 export interface ForwardOptions {
@@ -115,6 +127,8 @@ export interface ForwardOptions {
    * attention_mask + position_ids), so each row computes what it would alone.
    */
   leftPad?: number[];
+  /** Paged KV cache (serve): the tokens are one flat row [1, N] of several sequences; see PagedAttention. */
+  paged?: PagedAttention;
 }
 
 export interface KVCache {
@@ -254,6 +268,7 @@ function causalMask(T: number, S: number, pos0: number, leftPad?: number[], nHea
 }
 
 function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, layer: number, c: ModelConfig, o: ForwardOptions): tf.Tensor2D {
+  if (o.paged) return pagedAttn(p, name, x, layer, c, o, o.paged);
   const hd = c.n_embd / c.n_head, rep = c.n_head / c.n_kv_head;
   const pos0 = o.cache?.length ?? 0;
   // The fused kernels take no per-row padding: left-padded batches (PPO/GRPO rollouts) use the tfjs path.
@@ -366,6 +381,36 @@ function dropout(x: tf.Tensor2D, c: ModelConfig, o: ForwardOptions): tf.Tensor2D
   return o.training && c.dropout > 0 ? (tf.dropout(x, c.dropout) as tf.Tensor2D) : x;
 }
 
+/** The same attention block over a paged KV cache: the step's flat tokens, RoPE at each token's own position. */
+function pagedAttn(p: Params, name: string, x: tf.Tensor2D, layer: number, c: ModelConfig, o: ForwardOptions, paged: PagedAttention): tf.Tensor2D {
+  const N = x.shape[0], hd = c.n_embd / c.n_head;
+  const heads = (t: tf.Tensor2D, n: number) => tf.transpose(tf.reshape(t, [1, N, n, hd]), [0, 2, 1, 3]) as tf.Tensor4D;
+  let q = heads(linear(p, `${name}.q_proj`, x, o), c.n_head);
+  let k = heads(linear(p, `${name}.k_proj`, x, o), c.n_kv_head);
+  const v = heads(linear(p, `${name}.v_proj`, x, o), c.n_kv_head);
+  if (c.arch === 'llama') {
+    q = ropeAt(q, paged.positions, c);
+    k = ropeAt(k, paged.positions, c);
+  }
+  return linear(p, `${name}.o_proj`, paged.attend(layer, q, k, v), o);
+}
+
+/** `rope` with one position per token (x [1, H, N, hd]) instead of consecutive positions from pos0. */
+function ropeAt(x: tf.Tensor4D, positions: Int32Array, c: ModelConfig): tf.Tensor4D {
+  const hd = x.shape[3], half = hd / 2, N = positions.length;
+  const cos = new Float32Array(N * half), sin = new Float32Array(N * half);
+  for (let t = 0; t < N; t++) {
+    for (let i = 0; i < half; i++) {
+      const angle = positions[t]! * Math.pow(c.rope_theta, (-2 * i) / hd);
+      cos[t * half + i] = Math.cos(angle);
+      sin[t * half + i] = Math.sin(angle);
+    }
+  }
+  const cosT = tf.tensor2d(cos, [N, half]), sinT = tf.tensor2d(sin, [N, half]);
+  const [x1, x2] = tf.split(x, 2, -1) as [tf.Tensor4D, tf.Tensor4D];
+  return tf.concat([tf.sub(tf.mul(x1, cosT), tf.mul(x2, sinT)), tf.add(tf.mul(x2, cosT), tf.mul(x1, sinT))], -1) as tf.Tensor4D;
+}
+
 /**
  * tokens [B, T] int32 → logits [B, T, vocab]. With a cache, positions continue from cache.length and
  * the cache grows by T.
@@ -373,13 +418,16 @@ function dropout(x: tf.Tensor2D, c: ModelConfig, o: ForwardOptions): tf.Tensor2D
 export function forward(p: Params, c: ModelConfig, tokens: tf.Tensor2D, o: ForwardOptions = {}): { logits: tf.Tensor3D; hidden?: tf.Tensor3D } {
   const [B, T] = tokens.shape;
   const pos0 = o.cache?.length ?? 0;
-  if (pos0 + T > c.n_ctx) throw new Error(`sequence of ${pos0 + T} tokens exceeds the context length ${c.n_ctx}`);
+  const end = o.paged ? Math.max(0, ...o.paged.positions) + 1 : pos0 + T;
+  if (end > c.n_ctx) throw new Error(`sequence of ${end} tokens exceeds the context length ${c.n_ctx}`);
   const out = tf.tidy(() => {
     let x = embedding(p['wte.weight'] as tf.Tensor2D, tf.reshape(tokens, [B * T]) as tf.Tensor1D);
     if (c.arch === 'gpt2' && o.leftPad) {
       const pos = Int32Array.from({ length: B * T }, (_, i) => Math.max(0, pos0 + (i % T) - o.leftPad![Math.floor(i / T)]!));
       // A one-hot matmul rather than `embedding`: its gradient saves the scope-local position ids.
       x = tf.add(x, matmul(oneHotFloat(tf.tensor1d(pos, 'int32'), c.n_ctx), p['wpe.weight'] as tf.Tensor2D));
+    } else if (c.arch === 'gpt2' && o.paged) {
+      x = tf.add(x, tf.gather(p['wpe.weight']!, tf.tensor1d(o.paged.positions, 'int32')));
     } else if (c.arch === 'gpt2') {
       const wpe = tf.slice(p['wpe.weight']!, [pos0, 0], [T, c.n_embd]);
       x = tf.reshape(tf.add(tf.reshape(x, [B, T, c.n_embd]), wpe), [B * T, c.n_embd]);

@@ -1,5 +1,6 @@
 /** Prompt text → token ids the way each tokenizer family expects. */
-import { IM_END, type Tokenizer } from '../tokenizer/index.js';
+import { Template } from '@huggingface/jinja';
+import { CHATML_TEMPLATE, type ChatMessage, IM_END, IM_START, type Tokenizer } from '../tokenizer/index.js';
 
 /** Plain prompts get BOS when the model expects it (llama2.c / sentencepiece); chat prompts use the chat template. */
 export function promptIds(tokenizer: Tokenizer, prompt: string, chat = false): number[] {
@@ -16,4 +17,25 @@ export function stopTokenIds(tokenizer: Tokenizer): number[] {
   const imEnd = tokenizer.tokenToId(IM_END);
   if (imEnd !== undefined) ids.push(imEnd);
   return ids;
+}
+
+/**
+ * Chat messages → prompt ids with the checkpoint's own chat template. ChatML on a tokenizer that has its
+ * tokens goes through renderChat (token-exact; message text cannot inject control tokens); any other
+ * template (an imported model's tokenizer_config.json) is rendered with Jinja, as transformers'
+ * apply_chat_template does, and the text encoded with its special tokens.
+ */
+export function chatPromptIds(tokenizer: Tokenizer, messages: readonly ChatMessage[]): number[] {
+  const chatml = tokenizer.tokenToId(IM_START) !== undefined && tokenizer.tokenToId(IM_END) !== undefined;
+  if (tokenizer.chatTemplate === CHATML_TEMPLATE && chatml && tokenizer.kind === 'byte_level') {
+    return tokenizer.renderChat(messages, { addGenerationPrompt: true }).ids;
+  }
+  const special = (id: number | undefined) => (id === undefined ? '' : tokenizer.idToToken(id));
+  const text = new Template(tokenizer.chatTemplate).render({
+    messages: messages.map((m) => ({ role: m.role, content: m.content })),
+    add_generation_prompt: true,
+    bos_token: special(tokenizer.bosId),
+    eos_token: special(tokenizer.eosId),
+  });
+  return tokenizer.encode(text, { allowSpecial: true });
 }

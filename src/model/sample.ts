@@ -1,5 +1,6 @@
 /**
- * Next-token sampling on a logits row: greedy, temperature, top-k, top-p (nucleus), repetition penalty.
+ * Next-token sampling on a logits row: greedy, temperature, top-k, top-p (nucleus), repetition penalty,
+ * OpenAI's presence/frequency penalties, and log-probabilities for the API's `logprobs`.
  * Temperature + top-p follow llama2.c's run.c step for step (same RNG, same cutoff and cdf walk), so a
  * seeded run of a llama2.c model reproduces its published samples.
  */
@@ -10,6 +11,9 @@ export interface SamplerOptions {
   top_k: number; // 0 = off
   top_p: number; // 1 = off
   repetition_penalty: number; // 1 = off
+  /** OpenAI: subtract presence·[count>0] + frequency·count from the logits of generated tokens. 0 = off. */
+  presence_penalty?: number;
+  frequency_penalty?: number;
   seed?: number;
 }
 
@@ -21,10 +25,14 @@ export class Sampler {
     this.rng = rng ?? new Rng(o.seed ?? Date.now());
   }
 
-  /** Pick the next token id from raw logits; `history` feeds the repetition penalty. */
-  sample(rawLogits: Float32Array, history: readonly number[] = []): number {
+  /**
+   * Pick the next token id from raw logits; `history` (prompt + output) feeds the repetition penalty,
+   * `generated` (the output so far, as OpenAI and vLLM count it) the presence and frequency penalties.
+   */
+  sample(rawLogits: Float32Array, history: readonly number[] = [], generated: readonly number[] = history): number {
     const logits = Float32Array.from(rawLogits);
     if (this.o.repetition_penalty !== 1) applyRepetitionPenalty(logits, history, this.o.repetition_penalty);
+    if (this.o.presence_penalty || this.o.frequency_penalty) applyPresenceFrequencyPenalty(logits, generated, this.o.presence_penalty ?? 0, this.o.frequency_penalty ?? 0);
     if (this.o.temperature === 0) return argmax(logits);
     for (let i = 0; i < logits.length; i++) logits[i] = logits[i]! / this.o.temperature;
     if (this.o.top_k > 0 && this.o.top_k < logits.length) keepTopK(logits, this.o.top_k);
@@ -46,6 +54,38 @@ export function applyRepetitionPenalty(logits: Float32Array, history: readonly n
     const v = logits[id]!;
     logits[id] = v > 0 ? v / penalty : v * penalty;
   }
+}
+
+/** OpenAI's penalties: logit[j] -= presence·(c[j] > 0) + frequency·c[j], c[j] = times j was generated. */
+export function applyPresenceFrequencyPenalty(logits: Float32Array, generated: readonly number[], presence: number, frequency: number): void {
+  const counts = new Map<number, number>();
+  for (const id of generated) counts.set(id, (counts.get(id) ?? 0) + 1);
+  for (const [id, c] of counts) logits[id] = logits[id]! - presence - frequency * c;
+}
+
+/** log softmax of a logits row (the model's own distribution, before sampling parameters, as vLLM reports). */
+export function logSoftmax(logits: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (const v of logits) if (v > max) max = v;
+  let sum = 0;
+  for (const v of logits) sum += Math.exp(v - max);
+  const lse = max + Math.log(sum);
+  return Float64Array.from(logits, (v) => v - lse);
+}
+
+/** The k most likely ids of a log-probability row, best first (ties: lower id first). */
+export function topLogprobs(logprobs: Float64Array, k: number): { id: number; logprob: number }[] {
+  const best: { id: number; logprob: number }[] = [];
+  if (k <= 0) return best;
+  for (let id = 0; id < logprobs.length; id++) {
+    const lp = logprobs[id]!;
+    if (best.length === k && lp <= best[k - 1]!.logprob) continue;
+    let at = best.length;
+    while (at > 0 && best[at - 1]!.logprob < lp) at--;
+    best.splice(at, 0, { id, logprob: lp });
+    if (best.length > k) best.pop();
+  }
+  return best;
 }
 
 function keepTopK(logits: Float32Array, k: number): void {
