@@ -19,6 +19,8 @@ import { log } from '../util/log.js';
 import { sha256File, writeDirAtomic } from './dir.js';
 import { type Manifest, type TrainerState, createManifest, readJson, readManifest, readTrainerState, writeJson, writeManifest, writeTrainerState } from './manifest.js';
 import { type TensorData, readSafetensors, toFloat32, writeSafetensors } from './safetensors.js';
+import { quantizedModelRecords, readQuantizationConfig, readQuantizedModel } from '../quant/checkpoint.js';
+import type { QuantizationConfig } from '../quant/tensors.js';
 
 export const MODEL_FILE = 'model.safetensors';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
@@ -46,6 +48,8 @@ export interface SaveOptions {
   extra?: (tmpDir: string) => void | Promise<void>;
   /** Only write these params (e.g. LoRA saves adapters via `extra` and skips the base). */
   skipModel?: boolean;
+  /** Params hold packed quantized modules (src/quant/tensors.ts): written as config.json's quantization_config. */
+  quantization?: QuantizationConfig;
 }
 
 /** Convert a tensor map to safetensors records (async reads, so the event loop and SIGINT stay live). */
@@ -81,12 +85,12 @@ export function configJson(c: ModelConfig): Record<string, unknown> {
 }
 
 export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void> {
-  const weights = o.skipModel ? undefined : await toTensorData(o.params, true);
+  const weights = o.skipModel ? undefined : await modelRecords(o);
   const optimizer = o.trainer ? await toTensorData(o.trainer.optimizer, false) : undefined;
   const parent = o.parentDir ? { path: o.parentDir, sha256: existsSync(join(o.parentDir, 'manifest.json')) ? await sha256File(join(o.parentDir, 'manifest.json')) : '' } : null;
   await writeDirAtomic(dir, async (tmp) => {
     const files = [CONFIG_FILE];
-    writeJson(join(tmp, CONFIG_FILE), configJson(o.config));
+    writeJson(join(tmp, CONFIG_FILE), { ...configJson(o.config), ...(o.quantization ? { quantization_config: o.quantization } : {}) });
     if (weights) {
       writeSafetensors(join(tmp, MODEL_FILE), weights, { format: 'pt', producer: 'llmctl' });
       files.push(MODEL_FILE);
@@ -111,6 +115,13 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
   });
 }
 
+/** model.safetensors records: float tensors as [out, in] linear weights, quantized modules as src/quant/tensors.ts writes them. */
+async function modelRecords(o: SaveOptions): Promise<Record<string, TensorData>> {
+  const { records, floatParams } = quantizedModelRecords(o.params, o.config);
+  if (Object.keys(records).length && !o.quantization) throw new Error('saveCheckpoint: params hold quantized modules but no quantization config was given');
+  return { ...(await toTensorData(floatParams, true)), ...records };
+}
+
 function extraFiles(tmp: string, known: string[]): string[] {
   return ['adapter_config.json', 'adapter_model.safetensors', 'value_head.safetensors'].filter((f) => !known.includes(f) && existsSync(join(tmp, f)));
 }
@@ -122,6 +133,8 @@ export interface LoadedCheckpoint {
   params: Record<string, tf.Tensor>;
   tokenizer: Tokenizer;
   manifest: Manifest | undefined;
+  /** Set when the weights are quantized (params then hold packed modules; see src/quant/tensors.ts). */
+  quantization?: QuantizationConfig;
 }
 
 export function readModelConfig(dir: string): ModelConfig {
@@ -148,6 +161,13 @@ export function readTensors(path: string, transposeLinear: boolean): Record<stri
 export function loadCheckpoint(dir: string): LoadedCheckpoint {
   if (!existsSync(dir)) throw new Error(`${dir}: checkpoint directory not found`);
   const config = readModelConfig(dir);
+  const quantization = readQuantizationConfig(dir);
+  if (quantization) {
+    // The quantized reader checks every tensor against config.json and the quantization_config itself.
+    const params = readQuantizedModel(join(dir, MODEL_FILE), config, quantization);
+    const manifest = existsSync(join(dir, 'manifest.json')) ? readManifest(dir) : undefined;
+    return { dir, config, params, tokenizer: Tokenizer.load(dir), manifest, quantization };
+  }
   const params = readTensors(join(dir, MODEL_FILE), true);
   const expected = paramShapes(config);
   for (const [name, shape] of Object.entries(expected)) {

@@ -9,6 +9,7 @@
  * `<name>.lora_A/B` when present, so no layer needs to know about fine-tuning.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { dequantizeLinear } from '../quant/tensors.js';
 import { bmm, embedding, fastDropout, linear as linearKernel, loraDelta, matmul, matmulFrozen } from './kernels.js';
 
 export interface ModelConfig {
@@ -107,6 +108,8 @@ export interface ForwardOptions {
    * computing dW (LoRA's speed-up over full fine-tuning depends on it). Forward values are unchanged.
    */
   freezeBase?: boolean;
+  /** Called with the input of every linear layer (quantization calibration reads them). */
+  onLinearInput?: (module: string, x: tf.Tensor2D) => void;
 }
 
 export interface KVCache {
@@ -128,7 +131,9 @@ export function disposeCache(cache: KVCache): void {
 
 /** x [N, in] @ W [in, out] + b, plus the LoRA update (x @ A) @ B * scale when the adapter is present. */
 function linear(p: Params, name: string, x: tf.Tensor2D, opts: ForwardOptions): tf.Tensor2D {
-  const w = p[`${name}.weight`] as tf.Tensor2D, b = p[`${name}.bias`] as tf.Tensor1D | undefined;
+  opts.onLinearInput?.(name, x);
+  // A quantized module holds packed integers instead of `.weight`: dequantized here, freed with this forward's tidy.
+  const w = (p[`${name}.weight`] ?? dequantizeLinear(p, name, x.shape[1])) as tf.Tensor2D, b = p[`${name}.bias`] as tf.Tensor1D | undefined;
   let y: tf.Tensor2D;
   if (opts.freezeBase) y = b ? (tf.add(matmulFrozen(x, w), b) as tf.Tensor2D) : matmulFrozen(x, w); // no dW, no db
   else y = b ? linearKernel(x, w, b) : matmul(x, w);
