@@ -2,23 +2,27 @@ import type { CommandModule } from 'yargs';
 import { disposeParams, saveCheckpoint } from '../checkpoint/model.js';
 import { countParams } from '../model/gpt.js';
 import { importLlama2c } from '../model/llama2c.js';
+import { fromGguf } from '../quant/gguf-model.js';
+import { readGguf } from '../quant/gguf.js';
 import { type GlobalArgs, InputError, handler, printSummary, startBackend } from './common.js';
 
-type Args = GlobalArgs & { format: string; model: string; tokenizer: string; out: string };
+type Args = GlobalArgs & { format: string; model: string; tokenizer?: string; out: string };
 
 export const importCommand: CommandModule<GlobalArgs, Args> = {
   command: 'import',
   builder: (y) =>
     y
-      .option('format', { type: 'string', choices: ['llama2c'], default: 'llama2c' })
-      .option('model', { type: 'string', demandOption: true, describe: 'llama2.c model .bin' })
-      .option('tokenizer', { type: 'string', demandOption: true, describe: 'llama2.c tokenizer .bin (e.g. tok512.bin)' })
+      .option('format', { type: 'string', choices: ['llama2c', 'gguf'], default: 'llama2c' })
+      .option('model', { type: 'string', demandOption: true, describe: 'llama2.c model .bin, or a .gguf file (llama / gpt2; f32, f16, q8_0, q4_0)' })
+      .option('tokenizer', { type: 'string', describe: 'llama2.c tokenizer .bin (e.g. tok512.bin); a GGUF carries its own' })
       .option('out', { type: 'string', demandOption: true, describe: 'checkpoint directory to write' }),
   handler: handler<Args>('import', async (args) => {
     await startBackend(args);
     let m;
     try {
-      m = importLlama2c(args.model, args.tokenizer);
+      if (args.format === 'gguf') m = fromGguf(readGguf(args.model), args.model);
+      else if (!args.tokenizer) throw new Error('--tokenizer: llama2c import needs the tokenizer .bin (e.g. tok512.bin)');
+      else m = importLlama2c(args.model, args.tokenizer);
     } catch (err) {
       throw new InputError((err as Error).message);
     }

@@ -19,5 +19,6 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'sft', describe: 'full instruction fine-tuning on Alpaca / chat JSONL (loss on assistant tokens only)', load: async () => (await import('./sft.js')).sftCommand },
   { name: 'lora', describe: 'LoRA fine-tuning (train an adapter), or `lora merge` to fold an adapter into its base', load: async () => (await import('./lora.js')).loraCommand },
   { name: 'quantize', describe: 'quantize a checkpoint: int8, int4 (RTN), GPTQ or AWQ; the result loads everywhere a checkpoint does', load: async () => (await import('./quantize.js')).quantizeCommand },
+  { name: 'export', describe: 'write a checkpoint as GGUF (f32, f16, q8_0, q4_0) for llama.cpp, Ollama, LM Studio', load: async () => (await import('./export.js')).exportCommand },
   { name: 'pipeline', describe: 'run several stages in order, each reading the checkpoint the previous one wrote', load: async () => (await import('./pipeline.js')).pipelineCommand },
 ];
