@@ -240,7 +240,8 @@ export function toGguf(params: Params, c: ModelConfig, tok: Tokenizer, type: Exp
 function meta<T extends number | string | boolean>(f: GgufFile, key: string, where: string): T {
   const v = f.metadata[key];
   if (!v || v.type === 'array') throw new Error(`${where}: metadata '${key}' is missing`);
-  return v.value as T;
+  // f32 values (eps, RoPE base) come back as the nearest float32 (1e-5 → 9.99999974e-6): take the shortest decimal.
+  return (v.type === 'f32' ? Number(v.value.toPrecision(7)) : v.value) as T;
 }
 
 /** A GGUF file of the llama or gpt2 architecture (F32/F16/Q8_0/Q4_0 tensors) as our config, params and tokenizer. */
@@ -262,7 +263,7 @@ export function fromGguf(f: GgufFile, where: string): { config: ModelConfig; par
     n_kv_head: a === 'llama' ? meta<number>(f, 'llama.attention.head_count_kv', where) : undefined,
     n_inner: meta<number>(f, `${a}.feed_forward_length`, where),
     norm_eps: meta<number>(f, a === 'llama' ? 'llama.attention.layer_norm_rms_epsilon' : 'gpt2.attention.layer_norm_epsilon', where),
-    rope_theta: a === 'llama' ? ((f.metadata['llama.rope.freq_base']?.value as number | undefined) ?? 10000) : 10000,
+    rope_theta: a === 'llama' && f.metadata['llama.rope.freq_base'] ? meta<number>(f, 'llama.rope.freq_base', where) : 10000,
     tie_embeddings: !byName.has('output.weight'),
     bias: a === 'gpt2' || byName.has('blk.0.attn_q.bias'),
   });

@@ -150,9 +150,9 @@ export function decodeTensor(t: GgufTensor): Float32Array {
   const n = t.dims.reduce((a, b) => a * b, 1);
   switch (t.type) {
     case 'F32':
-      return new Float32Array(t.data.slice().buffer, 0, n);
+      return new Float32Array(new Uint8Array(t.data).buffer, 0, n); // a copy: a Buffer's .slice() is a view into a pooled buffer
     case 'F16': {
-      const h = new Uint16Array(t.data.slice().buffer, 0, n);
+      const h = new Uint16Array(new Uint8Array(t.data).buffer, 0, n);
       return Float32Array.from(h, f16ToF32);
     }
     case 'Q8_0':
