@@ -106,7 +106,7 @@ export function loadAdapter(dir: string): { lora: Params; config: LoraConfig; ba
 export function checkAdapterTargets(base: Params, lora: Params, adapterDir: string, baseDir = 'the base model'): void {
   for (const name of Object.keys(lora)) {
     const module = name.replace(/\.lora_[AB]$/, '');
-    if (!base[`${module}.weight`]) throw new Error(`${adapterDir}: adapter targets '${module}', which ${baseDir} does not have`);
+    if (!base[`${module}.weight`] && !base[`${module}.qweight`]) throw new Error(`${adapterDir}: adapter targets '${module}', which ${baseDir} does not have`);
   }
 }
 

@@ -26,7 +26,8 @@ import {
   sftBatchSource,
   tokenizeSft,
 } from '../data/sft.js';
-import { type ForwardOptions, type ModelConfig, type Params, countParams } from '../model/gpt.js';
+import { type ForwardOptions, type ModelConfig, type Params, countParams, paramShapes } from '../model/gpt.js';
+import { dequantizeParams } from '../quant/tensors.js';
 import { type LoraConfig, checkAdapterTargets, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
 import type { Tokenizer } from '../tokenizer/index.js';
 import { log } from '../util/log.js';
@@ -129,6 +130,7 @@ export async function sft(cfg: SftConfig, o: FinetuneOptions = {}): Promise<Fine
   const { config, tokenizer } = ck;
   let data: SftData;
   try {
+    if (ck.quantization) throw new Error(`${ck.dir}: is quantized (${ck.quantization.llmctl_method}); full fine-tuning needs float weights — train a LoRA adapter over it instead (QLoRA: llmctl lora with base: ${ck.dir})`);
     data = loadSftData(cfg.data, tokenizer, config.n_ctx, ck.dir);
   } catch (err) {
     disposeParams(ck.params);
@@ -260,7 +262,10 @@ export async function mergeLora(o: { base?: string; adapter: string; out: string
   }
   try {
     checkAdapterTargets(ck.params, adapterParams, o.adapter, `the base model ${baseDir}`);
-    const merged = mergeAdapter(ck.params, adapterParams, loraScale(acfg));
+    // A quantized base (QLoRA) merges into its dequantized weights: the result is a float checkpoint.
+    const base = ck.quantization ? dequantizeParams(ck.params, paramShapes(ck.config)) : ck.params;
+    const merged = mergeAdapter(base, adapterParams, loraScale(acfg));
+    if (base !== ck.params) disposeParams(base);
     try {
       await saveCheckpoint(o.out, {
         config: ck.config,
