@@ -73,7 +73,7 @@ export const quantizeCommand: CommandModule<GlobalArgs, Args> = {
       ...(cfg.method === 'gptq' ? { desc_act: cfg.desc_act } : {}),
       sym: q.quantization.sym,
       quantized_modules: q.quantized.length,
-      float_tensors: q.float.join(', '),
+      float_tensors: describeFloat(q.float),
       ...(q.alphas ? { awq_alpha: q.alphas } : {}),
       size_before_mb: sizeBefore / 1e6,
       size_mb: metrics.size_bytes! / 1e6,
@@ -83,3 +83,11 @@ export const quantizeCommand: CommandModule<GlobalArgs, Args> = {
     });
   }),
 };
+
+/** 'wte.weight, wpe.weight + 9 norms + 24 biases' rather than 44 names. */
+function describeFloat(names: string[]): string {
+  const norms = names.filter((n) => /(ln_\d|ln_f)\.(weight|bias)$/.test(n));
+  const biases = names.filter((n) => n.endsWith('.bias') && !norms.includes(n));
+  const rest = names.filter((n) => !norms.includes(n) && !biases.includes(n));
+  return [rest.join(', '), norms.length ? `${norms.length} norm tensors` : '', biases.length ? `${biases.length} biases` : ''].filter(Boolean).join(' + ');
+}
