@@ -72,38 +72,67 @@ describe('save → load round trip', () => {
   }
 });
 
-describe('on-disk layout', () => {
-  test('linear weights are stored [out, in]; other tensors as in memory', async () => {
+describe('on-disk layout (Hugging Face names and orientation, src/checkpoint/hf-names.ts)', () => {
+  test('llama: LlamaForCausalLM names, nn.Linear [out, in] weights, everything else as in memory', async () => {
     const dir = fresh('layout');
     const params = initParams(LLAMA, 3);
     await save(dir, LLAMA, params);
     const { tensors, metadata } = readSafetensors(join(dir, MODEL_FILE));
     assert.equal(metadata?.format, 'pt');
-    let linears = 0;
-    for (const [name, t] of Object.entries(params)) {
-      const disk = tensors[name]!;
-      assert.equal(disk.dtype, 'F32', name);
-      if (isLinearWeight(name)) {
-        linears++;
-        const [nin, nout] = t.shape as [number, number];
-        assert.deepEqual(disk.shape, [nout, nin], `${name} shape`);
-        const want = tf.transpose(t);
-        assert.deepEqual(disk.data, want.dataSync(), `${name} values`);
-        want.dispose();
-      } else {
-        assert.deepEqual(disk.shape, t.shape, `${name} shape`);
-        assert.deepEqual(disk.data, t.dataSync(), `${name} values`);
-      }
+    const names: Record<string, string> = {
+      'wte.weight': 'model.embed_tokens.weight', 'ln_f.weight': 'model.norm.weight', 'lm_head.weight': 'lm_head.weight',
+      'h.1.ln_1.weight': 'model.layers.1.input_layernorm.weight', 'h.1.ln_2.weight': 'model.layers.1.post_attention_layernorm.weight',
+      'h.1.attn.q_proj.weight': 'model.layers.1.self_attn.q_proj.weight', 'h.1.attn.k_proj.weight': 'model.layers.1.self_attn.k_proj.weight',
+      'h.1.attn.v_proj.weight': 'model.layers.1.self_attn.v_proj.weight', 'h.1.attn.o_proj.weight': 'model.layers.1.self_attn.o_proj.weight',
+      'h.1.mlp.gate_proj.weight': 'model.layers.1.mlp.gate_proj.weight', 'h.1.mlp.up_proj.weight': 'model.layers.1.mlp.up_proj.weight',
+      'h.1.mlp.down_proj.weight': 'model.layers.1.mlp.down_proj.weight',
+    };
+    // 9 tensors per layer + embed + norm + lm_head, nothing else.
+    assert.equal(Object.keys(tensors).length, 9 * 2 + 3);
+    for (const [mem, disk] of Object.entries(names)) {
+      const t = params[mem]!, d = tensors[disk]!;
+      assert.ok(d, disk);
+      assert.equal(d.dtype, 'F32', disk);
+      const want = isLinearWeight(mem) ? tf.transpose(t) : t.clone();
+      assert.deepEqual(d.shape, want.shape, `${disk} shape`);
+      assert.deepEqual(d.data, want.dataSync(), `${disk} values`);
+      want.dispose();
     }
-    // q, k, v, o, gate, up, down per layer (2 layers) + lm_head
-    assert.equal(linears, 7 * 2 + 1);
-    // A non-square one, spelled out: k_proj maps 16 → 2 kv heads × 4 = 8, so it is stored [8, 16].
-    assert.deepEqual(tensors['h.0.attn.k_proj.weight']!.shape, [8, 16]);
+    // A non-square one, spelled out: k_proj maps 16 → 2 kv heads × 4 = 8, so nn.Linear stores it [8, 16].
+    assert.deepEqual(tensors['model.layers.0.self_attn.k_proj.weight']!.shape, [8, 16]);
     assert.deepEqual(tensors['lm_head.weight']!.shape, [262, 16]);
     disposeParams(params);
   });
 
-  test('config.json has our fields plus Hugging Face aliases', async () => {
+  test('gpt2: GPT2LMHeadModel names, Conv1D [in, out] weights, fused c_attn = q|k|v, tied head omitted', async () => {
+    const dir = fresh('layout2');
+    const params = initParams(GPT2, 3);
+    // Non-zero biases so the fused bias order is tested too.
+    for (const k of Object.keys(params)) if (k.endsWith('.bias')) { params[k]!.dispose(); params[k] = tf.randomNormal(params[k]!.shape, 0, 1, 'float32', 5); }
+    await save(dir, GPT2, params);
+    const { tensors } = readSafetensors(join(dir, MODEL_FILE));
+    // Per layer: ln_1 (2), c_attn (2), attn.c_proj (2), ln_2 (2), c_fc (2), mlp.c_proj (2); + wte, wpe, ln_f (2).
+    assert.equal(Object.keys(tensors).length, 12 * 2 + 4);
+    assert.ok(!('lm_head.weight' in tensors), 'tied head is not stored (as save_pretrained does)');
+    const same = (disk: string, mem: string) => assert.deepEqual(tensors[disk]!.data, params[mem]!.dataSync(), disk);
+    same('transformer.wte.weight', 'wte.weight');
+    same('transformer.wpe.weight', 'wpe.weight');
+    same('transformer.ln_f.bias', 'ln_f.bias');
+    same('transformer.h.1.attn.c_proj.weight', 'h.1.attn.o_proj.weight');
+    same('transformer.h.1.mlp.c_fc.weight', 'h.1.mlp.up_proj.weight');
+    same('transformer.h.1.mlp.c_proj.bias', 'h.1.mlp.down_proj.bias');
+    assert.deepEqual(tensors['transformer.h.1.mlp.c_fc.weight']!.shape, [16, 64], 'Conv1D [in, out]');
+    const cw = tensors['transformer.h.1.attn.c_attn.weight']!, cb = tensors['transformer.h.1.attn.c_attn.bias']!;
+    assert.deepEqual(cw.shape, [16, 48]);
+    const q = params['h.1.attn.q_proj.weight']!.arraySync() as number[][], k = params['h.1.attn.k_proj.weight']!.arraySync() as number[][], v = params['h.1.attn.v_proj.weight']!.arraySync() as number[][];
+    // Row 3 of c_attn is row 3 of q, then of k, then of v.
+    assert.deepEqual(Array.from((cw.data as Float32Array).slice(3 * 48, 4 * 48)), [...q[3]!, ...k[3]!, ...v[3]!].map(Math.fround));
+    const qb = params['h.1.attn.q_proj.bias']!.dataSync(), kb = params['h.1.attn.k_proj.bias']!.dataSync(), vb = params['h.1.attn.v_proj.bias']!.dataSync();
+    assert.deepEqual(Array.from(cb.data as Float32Array), [...qb, ...kb, ...vb]);
+    disposeParams(params);
+  });
+
+  test('config.json has what AutoConfig reads (Llama and GPT-2) plus our fields', async () => {
     const dir = fresh('cfg');
     const params = initParams(LLAMA, 1);
     await save(dir, LLAMA, params);
@@ -119,8 +148,16 @@ describe('on-disk layout', () => {
     assert.equal(cfg.intermediate_size, 24);
     assert.equal(cfg.max_position_embeddings, 8);
     assert.equal(cfg.rms_norm_eps, 1e-5);
+    assert.equal(cfg.rope_theta, 10000);
+    assert.equal(cfg.hidden_act, 'silu');
+    assert.equal(cfg.attention_bias, false);
+    assert.equal(cfg.mlp_bias, false);
     assert.equal(cfg.tie_word_embeddings, false);
     assert.equal(cfg.vocab_size, 262);
+    assert.equal(cfg.torch_dtype, 'float32');
+    // The byte-level tokenizer has no BOS: GPT-2's convention, bos = eos = <|endoftext|>.
+    const eot = TOKENIZER.tokenToId('<|endoftext|>');
+    assert.deepEqual([cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id], [eot, eot, eot]);
     disposeParams(params);
     // gpt2 gets GPT-2's names.
     const d2 = fresh('cfg2');
@@ -129,8 +166,12 @@ describe('on-disk layout', () => {
     const c2 = JSON.parse(readFileSync(join(d2, CONFIG_FILE), 'utf8')) as Record<string, unknown>;
     assert.equal(c2.model_type, 'gpt2');
     assert.deepEqual(c2.architectures, ['GPT2LMHeadModel']);
-    assert.equal(c2.intermediate_size, 64);
+    assert.equal(c2.n_inner, 64);
+    assert.equal(c2.n_positions, 8);
+    assert.equal(c2.layer_norm_epsilon, 1e-5);
+    assert.equal(c2.activation_function, 'gelu_new');
     assert.equal(c2.tie_word_embeddings, true);
+    assert.equal(c2.eos_token_id, eot);
     disposeParams(p2);
   });
 });
@@ -198,19 +239,20 @@ describe('errors', () => {
     const path = join(dir, MODEL_FILE);
     const { tensors } = readSafetensors(path);
     // Store k_proj as if it had 3 kv heads' worth of rows (12 instead of 8).
-    tensors['h.1.attn.k_proj.weight'] = { dtype: 'F32', shape: [12, 16], data: new Float32Array(12 * 16) };
+    const k1 = 'model.layers.1.self_attn.k_proj.weight';
+    tensors[k1] = { dtype: 'F32', shape: [12, 16], data: new Float32Array(12 * 16) };
     writeSafetensors(path, tensors);
     assert.throws(() => loadCheckpoint(dir), (e: Error) =>
-      e.message.includes(path) && e.message.includes("'h.1.attn.k_proj.weight'") && e.message.includes('[16,12]') && e.message.includes('[16,8]'));
+      e.message.includes(path) && e.message.includes(`'${k1}'`) && e.message.includes('[12,16]') && e.message.includes('[8,16]'));
     // A missing tensor and an extra one are named as well.
     const { tensors: t2 } = readSafetensors(path);
-    delete t2['h.1.attn.k_proj.weight'];
+    delete t2[k1];
     writeSafetensors(path, t2);
-    assert.throws(() => loadCheckpoint(dir), /missing tensor 'h\.1\.attn\.k_proj\.weight'/);
-    t2['h.1.attn.k_proj.weight'] = readSafetensors(join(dir, MODEL_FILE)).tensors['h.0.attn.k_proj.weight']!;
-    t2['h.9.mlp.extra.weight'] = { dtype: 'F32', shape: [2], data: new Float32Array(2) };
+    assert.throws(() => loadCheckpoint(dir), /missing tensor 'model\.layers\.1\.self_attn\.k_proj\.weight' \(for h\.1\.attn\.k_proj\.weight\)/);
+    t2[k1] = readSafetensors(join(dir, MODEL_FILE)).tensors['model.layers.0.self_attn.k_proj.weight']!;
+    t2['model.layers.9.mlp.extra.weight'] = { dtype: 'F32', shape: [2], data: new Float32Array(2) };
     writeSafetensors(path, t2);
-    assert.throws(() => loadCheckpoint(dir), /unexpected tensor 'h\.9\.mlp\.extra\.weight'/);
+    assert.throws(() => loadCheckpoint(dir), /unexpected tensor 'model\.layers\.9\.mlp\.extra\.weight'/);
     disposeParams(params);
   });
 

@@ -8,7 +8,7 @@ import { test, describe, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../src/backend/index.js';
 import { disposeParams, loadCheckpoint } from '../src/checkpoint/model.js';
@@ -123,17 +123,29 @@ describe('LoRA', () => {
     assert.equal(cfgJson.peft_type, 'LORA');
     assert.equal(cfgJson.r, 4);
     assert.equal(cfgJson.lora_alpha, 8);
-    assert.deepEqual(cfgJson.target_modules, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'up_proj', 'down_proj']);
-    assert.equal(cfgJson.base_model_name_or_path, base);
+    // GPT-2 in PEFT's terms (src/checkpoint/hf-names.ts): q,k,v as one block-diagonal adapter on the fused
+    // c_attn (rank 3r, alpha 3α: the same α/r), o/up/down on their Conv1D modules, suffixes that are unambiguous.
+    assert.deepEqual(cfgJson.target_modules, ['attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj']);
+    assert.deepEqual(cfgJson.rank_pattern, { 'attn.c_attn': 12 });
+    assert.deepEqual(cfgJson.alpha_pattern, { 'attn.c_attn': 24 });
+    assert.equal(cfgJson.fan_in_fan_out, true);
+    assert.equal(cfgJson.base_model_name_or_path, resolve(base), 'absolute: resolves from any working directory');
     const m = readManifest(out);
     assert.equal(m.stage, 'lora');
     assert.equal(m.parent?.path, base);
     assert.ok('adapter_model.safetensors' in m.files && 'adapter_config.json' in m.files);
     const st = readSafetensors(join(out, 'adapter_model.safetensors')).tensors;
-    assert.deepEqual(st['base_model.model.h.0.attn.q_proj.lora_A.weight']!.shape, [4, 32]); // PEFT: A [r, in]
-    assert.deepEqual(st['base_model.model.h.1.mlp.up_proj.lora_B.weight']!.shape, [128, 4]); // PEFT: B [out, r]
+    assert.deepEqual(st['base_model.model.transformer.h.0.attn.c_attn.lora_A.weight']!.shape, [12, 32]); // PEFT: A [r, in]
+    assert.deepEqual(st['base_model.model.transformer.h.0.attn.c_attn.lora_B.weight']!.shape, [96, 12]); // PEFT: B [out, r]
+    assert.deepEqual(st['base_model.model.transformer.h.1.mlp.c_fc.lora_B.weight']!.shape, [128, 4]);
+    assert.deepEqual(st['base_model.model.transformer.h.1.mlp.c_proj.lora_A.weight']!.shape, [4, 128]);
+    assert.equal(Object.keys(st).length, 2 * 4 * 2);
+    // B of c_attn is block-diagonal: q's rows only use rank columns 0..3.
+    const cB = st['base_model.model.transformer.h.0.attn.c_attn.lora_B.weight']!.data as Float32Array;
+    for (let row = 0; row < 32; row++) for (let col = 4; col < 12; col++) assert.equal(cB[row * 12 + col], 0);
     const bytes = statSync(join(out, 'adapter_model.safetensors')).size;
-    assert.ok(bytes >= r.adapterParams * 4 && bytes < r.adapterParams * 4 + 8192, `adapter is ${bytes} bytes`);
+    const blockZeros = 2 * (96 * 12 - 3 * 32 * 4); // the off-diagonal zeros of c_attn's B, per layer
+    assert.ok(bytes >= (r.adapterParams + blockZeros) * 4 && bytes < (r.adapterParams + blockZeros) * 4 + 8192, `adapter is ${bytes} bytes`);
     assert.ok(bytes < statSync(join(base, 'model.safetensors')).size / 5);
     const optNames = Object.keys(readSafetensors(join(out, 'optimizer.safetensors')).tensors);
     assert.ok(optNames.length === 48 && optNames.every((n) => /\.lora_[AB]\.exp_avg(_sq)?$/.test(n)));

@@ -21,6 +21,7 @@ import { type ModelConfig, type Params, forward, paramShapes, resolveModelConfig
 import { initParams } from '../src/model/init.js';
 import { type QuantizeSettings, calibrationSamples, captureInputs, perplexity, quantizeModel } from '../src/quant/quantize.js';
 import { dequantizeParams } from '../src/quant/tensors.js';
+import { hfModuleName } from '../src/checkpoint/hf-names.js';
 import { Tokenizer } from '../src/tokenizer/index.js';
 import { Rng } from '../src/util/rng.js';
 import { REPO } from './paths.js';
@@ -76,11 +77,12 @@ describe('quantized checkpoints', () => {
       // The file: AutoGPTQ names and dtypes (or I8 + weight_scale), HF-shaped quantization_config.
       const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
       const { tensors } = readSafetensors(join(dir, MODEL_FILE));
+      const f = (m: string) => hfModuleName(config, m); // model.layers.0.mlp.down_proj, transformer.h.0.mlp.c_proj, …
       if (s.method === 'int8') {
         assert.deepEqual(cfg.quantization_config, { quant_method: 'int8', bits: 8, group_size: -1, desc_act: false, sym: true, llmctl_method: 'int8' });
-        assert.equal(tensors['h.0.mlp.down_proj.weight']!.dtype, 'I8');
-        assert.deepEqual(tensors['h.0.mlp.down_proj.weight']!.shape, [32, 40]);
-        assert.deepEqual(tensors['h.0.mlp.down_proj.weight_scale']!.shape, [32]);
+        assert.equal(tensors['model.layers.0.mlp.down_proj.weight']!.dtype, 'I8');
+        assert.deepEqual(tensors['model.layers.0.mlp.down_proj.weight']!.shape, [32, 40]);
+        assert.deepEqual(tensors['model.layers.0.mlp.down_proj.weight_scale']!.shape, [32]);
       } else {
         const qc = cfg.quantization_config;
         assert.equal(qc.quant_method, 'gptq');
@@ -89,7 +91,7 @@ describe('quantized checkpoints', () => {
         assert.equal(qc.sym, s.sym);
         assert.equal(qc.desc_act, s.method === 'gptq' && s.desc_act);
         assert.equal(qc.llmctl_method, s.method === 'int4' ? 'rtn' : s.method);
-        const m = 'h.1.mlp.down_proj'; // in = n_inner
+        const m = f('h.1.mlp.down_proj'); // in = n_inner
         const inn = config.n_inner, G = s.group_size > 0 ? Math.ceil(inn / s.group_size) : 1;
         assert.deepEqual([tensors[`${m}.qweight`]!.dtype, tensors[`${m}.qweight`]!.shape], ['I32', [Math.ceil(inn / 8), 32]]);
         assert.deepEqual([tensors[`${m}.qzeros`]!.dtype, tensors[`${m}.qzeros`]!.shape], ['I32', [G, 4]]);
@@ -97,8 +99,14 @@ describe('quantized checkpoints', () => {
         assert.deepEqual([tensors[`${m}.g_idx`]!.dtype, tensors[`${m}.g_idx`]!.shape], ['I32', [inn]]);
         if (s.sym) assert.ok((tensors[`${m}.qzeros`]!.data as Int32Array).every((z) => z === 0x77777777));
         assert.equal(tensors[`${m}.weight`], undefined);
+        if (config.arch === 'gpt2') {
+          // GPT-2's q/k/v are one HF module: packed side by side, as AutoGPTQ stores c_attn.
+          assert.deepEqual(tensors['transformer.h.0.attn.c_attn.qweight']!.shape, [4, 96]);
+          assert.deepEqual(tensors['transformer.h.0.attn.c_attn.qzeros']!.shape, [s.group_size > 0 ? 2 : 1, 12]);
+          assert.deepEqual(tensors['transformer.h.0.attn.c_attn.g_idx']!.shape, [32]);
+        }
       }
-      assert.equal(tensors['wte.weight']!.dtype, 'F32', 'embeddings stay float');
+      assert.equal(tensors[`${f('wte')}.weight`]!.dtype, 'F32', 'embeddings stay float');
 
       // Loaded: packed int32 in memory, fewer bytes than float; forward = dequantized float forward, bit for bit.
       const ck = loadCheckpoint(dir);
@@ -112,9 +120,9 @@ describe('quantized checkpoints', () => {
       const opts = { max_tokens: 8, stop: [], temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1, seed: 1 };
       assert.deepEqual(generate({ ...model, params: ck.params }, ids, opts).ids, generate({ ...model, params: deq }, ids, opts).ids);
       // …and close to the float model it came from.
-      const f = logitsOf(float, config, ids), qd = logitsOf(deq, config, ids);
+      const fl = logitsOf(float, config, ids), qd = logitsOf(deq, config, ids);
       let maxDiff = 0, maxAbs = 0;
-      f.forEach((v, i) => ((maxDiff = Math.max(maxDiff, Math.abs(v - qd[i]!))), (maxAbs = Math.max(maxAbs, Math.abs(v)))));
+      fl.forEach((v, i) => ((maxDiff = Math.max(maxDiff, Math.abs(v - qd[i]!))), (maxAbs = Math.max(maxAbs, Math.abs(v)))));
       assert.ok(maxDiff > 0 && maxDiff < 0.2 * maxAbs, `max logit difference ${maxDiff} (max |logit| ${maxAbs})`);
       disposeParams(deq);
       disposeParams(ck.params);
@@ -214,14 +222,14 @@ describe('bad quantization metadata', () => {
   const cases: Array<[string, () => string, RegExp]> = [
     ['bits 3', () => editConfig((q) => (q.bits = 3)), /config\.json: quantization_config\.bits: gptq checkpoints here are 4-bit, got 3/],
     ['unknown quant_method', () => editConfig((q) => (q.quant_method = 'exl2')), /quantization_config\.quant_method: expected "gptq" or "int8", got "exl2"/],
-    ['group_size that does not match the tensors', () => editConfig((q) => (q.group_size = 8)), /model\.safetensors: 'h\.0\.attn\.q_proj\.qzeros' has shape \[2,4\] but config\.json and quantization_config imply \[4,4\]/],
-    ['desc_act false with a permuted g_idx', () => editTensors((t) => ((t['h.0.attn.q_proj.g_idx']!.data as Int32Array)[0] = 1)), /'h\.0\.attn\.q_proj\.g_idx'\[0\] = 1 but desc_act is false/],
-    ['g_idx out of range', () => editTensors((t) => ((t['h.0.attn.q_proj.g_idx']!.data as Int32Array)[3] = 9)), /'h\.0\.attn\.q_proj\.g_idx'\[3\] = 9 is not a group index/],
-    ['missing qzeros', () => editTensors((t) => delete t['h.1.mlp.up_proj.qzeros']), /missing tensor 'h\.1\.mlp\.up_proj\.qzeros'/],
-    ['scales stored as I32', () => editTensors((t) => (t['h.0.attn.k_proj.scales'] = { dtype: 'I32', shape: t['h.0.attn.k_proj.scales']!.shape, data: new Int32Array(t['h.0.attn.k_proj.scales']!.data.length) })), /'h\.0\.attn\.k_proj\.scales' is I32, expected F16 or F32/],
+    ['group_size that does not match the tensors', () => editConfig((q) => (q.group_size = 8)), /model\.safetensors: 'model\.layers\.0\.self_attn\.q_proj\.qzeros' has shape \[2,4\] but config\.json and quantization_config imply \[4,4\]/],
+    ['desc_act false with a permuted g_idx', () => editTensors((t) => ((t['model.layers.0.self_attn.q_proj.g_idx']!.data as Int32Array)[0] = 1)), /'model\.layers\.0\.self_attn\.q_proj\.g_idx'\[0\] = 1 but desc_act is false/],
+    ['g_idx out of range', () => editTensors((t) => ((t['model.layers.0.self_attn.q_proj.g_idx']!.data as Int32Array)[3] = 9)), /'model\.layers\.0\.self_attn\.q_proj\.g_idx'\[3\] = 9 is not a group index/],
+    ['missing qzeros', () => editTensors((t) => delete t['model.layers.1.mlp.up_proj.qzeros']), /missing tensor 'model\.layers\.1\.mlp\.up_proj\.qzeros'/],
+    ['scales stored as I32', () => editTensors((t) => (t['model.layers.0.self_attn.k_proj.scales'] = { dtype: 'I32', shape: t['model.layers.0.self_attn.k_proj.scales']!.shape, data: new Int32Array(t['model.layers.0.self_attn.k_proj.scales']!.data.length) })), /'model\.layers\.0\.self_attn\.k_proj\.scales' is I32, expected F16 or F32/],
     ['quantization_config on a float file', () => editTensors((t) => {
       for (const k of Object.keys(t)) if (/\.(qweight|qzeros|scales|g_idx)$/.test(k)) delete t[k];
-    }), /missing tensor 'h\.0\.attn\.q_proj\.weight'/],
+    }), /model\.safetensors: config\.json has a quantization_config but no module is stored quantized/],
   ];
   for (const [what, make, re] of cases) {
     test(`${what}: one error naming the file and field`, () => {

@@ -475,15 +475,14 @@ describe('llama2.c tok512.bin', () => {
     }
   });
 
-  test('save/load keeps identical ids (HF Llama-style layout with plain spaces)', () => {
+  test("save/load keeps identical ids (HF Llama layout: '▁' pieces, Prepend + Replace normalizers)", () => {
     const dir = tmp();
     try {
       tok.save(dir);
       const json = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8'));
       assert.equal(json.model.byte_fallback, true);
-      assert.deepEqual(json.normalizer, { type: 'Prepend', prepend: ' ' });
-      assert.ok(Array.isArray(json.model.merges[0]), 'pair-form merges (pieces contain spaces)');
-      assert.deepEqual(json.model.merges[0], [' ', 't']); // ' t' has the best score
+      assert.deepEqual(json.normalizer, { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '\u2581' }, { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' }] });
+      assert.equal(json.model.merges[0], '\u2581 t'); // '▁t' has the best score
       const cfg = JSON.parse(readFileSync(join(dir, 'tokenizer_config.json'), 'utf8'));
       assert.deepEqual([cfg.bos_token, cfg.eos_token, cfg.unk_token], ['<s>', '</s>', '<unk>']);
 

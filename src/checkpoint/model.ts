@@ -1,7 +1,8 @@
 /**
  * The one checkpoint reader/writer. A checkpoint directory holds:
- *   config.json        model architecture (our fields + Hugging Face aliases for other readers)
- *   model.safetensors  weights, F32; linear weights stored [out, in] like torch.nn.Linear
+ *   config.json        Hugging Face config for the architecture + the project's fields (hf-names.ts)
+ *   model.safetensors  weights, F32, with LlamaForCausalLM / GPT2LMHeadModel names and orientation (hf-names.ts);
+ *                      reading also takes sharded files (model.safetensors.index.json), F16/BF16 and the legacy layout
  *   tokenizer.json (+ tokenizer_config.json)
  *   manifest.json      stage, resolved config, parent + its hash, metrics, versions, file hashes
  *   trainer_state.json + optimizer.safetensors   when a trainer wrote it (for resume)
@@ -13,16 +14,18 @@ import { copyFileSync, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { activeBackend } from '../backend/index.js';
-import { type ModelConfig, isLinearWeight, paramShapes, resolveModelConfig } from '../model/gpt.js';
+import type { ModelConfig } from '../model/gpt.js';
 import { Tokenizer } from '../tokenizer/index.js';
 import { log } from '../util/log.js';
 import { sha256File, writeDirAtomic } from './dir.js';
 import { type Manifest, type TrainerState, createManifest, readJson, readManifest, readTrainerState, writeJson, writeManifest, writeTrainerState } from './manifest.js';
+import { type HostTensor, fromFileTensors, hfConfig, modelConfigFromJson, toHfTensors } from './hf-names.js';
 import { type TensorData, readSafetensors, toFloat32, writeSafetensors } from './safetensors.js';
-import { quantizedModelRecords, readQuantizationConfig, readQuantizedModel } from '../quant/checkpoint.js';
-import type { QuantizationConfig } from '../quant/tensors.js';
+import { floatParams, quantizedModelRecords, readQuantizationConfig, readQuantizedModel } from '../quant/checkpoint.js';
+import { type QuantizationConfig, quantizedModules } from '../quant/tensors.js';
 
 export const MODEL_FILE = 'model.safetensors';
+export const MODEL_INDEX_FILE = 'model.safetensors.index.json';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
 export const CONFIG_FILE = 'config.json';
 export const METRICS_FILE = 'metrics.jsonl';
@@ -52,45 +55,40 @@ export interface SaveOptions {
   quantization?: QuantizationConfig;
 }
 
-/** Convert a tensor map to safetensors records (async reads, so the event loop and SIGINT stay live). */
-export async function toTensorData(tensors: Record<string, tf.Tensor>, transposeLinear: boolean): Promise<Record<string, TensorData>> {
-  const out: Record<string, TensorData> = {};
-  for (const [name, t] of Object.entries(tensors)) {
-    const stored = transposeLinear && isLinearWeight(name) ? tf.transpose(t) : t;
-    out[name] = { dtype: 'F32', shape: stored.shape.slice(), data: (await stored.data()) as Float32Array };
-    if (stored !== t) stored.dispose();
-  }
+/** Host copies of a tensor map (async reads, so the event loop and SIGINT stay live). */
+export async function toHost(tensors: Record<string, tf.Tensor>): Promise<Record<string, HostTensor>> {
+  const out: Record<string, HostTensor> = {};
+  for (const [name, t] of Object.entries(tensors)) out[name] = { shape: t.shape.slice(), data: (await t.data()) as Float32Array };
   return out;
 }
 
-export function configJson(c: ModelConfig): Record<string, unknown> {
-  const hd = c.n_embd / c.n_head;
-  return {
-    ...c,
-    // Hugging Face-style aliases, so tools that sniff config.json see familiar fields.
-    model_type: c.arch === 'llama' ? 'llama' : 'gpt2',
-    architectures: [c.arch === 'llama' ? 'LlamaForCausalLM' : 'GPT2LMHeadModel'],
-    hidden_size: c.n_embd,
-    num_hidden_layers: c.n_layer,
-    num_attention_heads: c.n_head,
-    num_key_value_heads: c.n_kv_head,
-    head_dim: hd,
-    intermediate_size: c.n_inner,
-    max_position_embeddings: c.n_ctx,
-    rms_norm_eps: c.norm_eps,
-    tie_word_embeddings: c.tie_embeddings,
-    torch_dtype: 'float32',
-    llmctl_weight_layout: 'linear weights [out, in] as torch.nn.Linear; names per src/model/gpt.ts',
-  };
+/** F32 safetensors records of host tensors. */
+export function hostToTensorData(tensors: Record<string, HostTensor>): Record<string, TensorData> {
+  return Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, { dtype: 'F32', shape: t.shape, data: t.data } as TensorData]));
+}
+
+/** Convert a tensor map to safetensors records under its in-memory names (optimizer moments). */
+export async function toTensorData(tensors: Record<string, tf.Tensor>): Promise<Record<string, TensorData>> {
+  return hostToTensorData(await toHost(tensors));
+}
+
+/** model.safetensors records for a model: Hugging Face names and orientation (hf-names.ts). */
+export async function modelTensorData(c: ModelConfig, params: Record<string, tf.Tensor>): Promise<Record<string, TensorData>> {
+  return hostToTensorData(toHfTensors(c, await toHost(params)));
+}
+
+/** config.json of a checkpoint: HF's fields for the architecture (special ids from the tokenizer) + ours. */
+export function configJson(c: ModelConfig, tokenizer: Tokenizer): Record<string, unknown> {
+  return hfConfig(c, { bos: tokenizer.bosId, eos: tokenizer.eosId, pad: tokenizer.padId });
 }
 
 export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void> {
   const weights = o.skipModel ? undefined : await modelRecords(o);
-  const optimizer = o.trainer ? await toTensorData(o.trainer.optimizer, false) : undefined;
+  const optimizer = o.trainer ? await toTensorData(o.trainer.optimizer) : undefined;
   const parent = o.parentDir ? { path: o.parentDir, sha256: existsSync(join(o.parentDir, 'manifest.json')) ? await sha256File(join(o.parentDir, 'manifest.json')) : '' } : null;
   await writeDirAtomic(dir, async (tmp) => {
     const files = [CONFIG_FILE];
-    writeJson(join(tmp, CONFIG_FILE), { ...configJson(o.config), ...(o.quantization ? { quantization_config: o.quantization } : {}) });
+    writeJson(join(tmp, CONFIG_FILE), { ...configJson(o.config, o.tokenizer), ...(o.quantization ? { quantization_config: o.quantization } : {}) });
     if (weights) {
       writeSafetensors(join(tmp, MODEL_FILE), weights, { format: 'pt', producer: 'llmctl' });
       files.push(MODEL_FILE);
@@ -117,9 +115,9 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
 
 /** model.safetensors records: float tensors as [out, in] linear weights, quantized modules as src/quant/tensors.ts writes them. */
 async function modelRecords(o: SaveOptions): Promise<Record<string, TensorData>> {
-  const { records, floatParams } = quantizedModelRecords(o.params, o.config);
-  if (Object.keys(records).length && !o.quantization) throw new Error('saveCheckpoint: params hold quantized modules but no quantization config was given');
-  return { ...(await toTensorData(floatParams, true)), ...records };
+  if (!quantizedModules(o.params).length) return modelTensorData(o.config, o.params);
+  if (!o.quantization) throw new Error('saveCheckpoint: params hold quantized modules but no quantization config was given');
+  return quantizedModelRecords(o.config, o.params, await toHost(floatParams(o.params)));
 }
 
 function extraFiles(tmp: string, known: string[]): string[] {
@@ -137,24 +135,43 @@ export interface LoadedCheckpoint {
   quantization?: QuantizationConfig;
 }
 
+/** The model config of a checkpoint dir: the project's fields, or Hugging Face's (hf-names.ts). */
 export function readModelConfig(dir: string): ModelConfig {
-  const raw = readJson(join(dir, CONFIG_FILE), 'model config') as Partial<ModelConfig> & Record<string, unknown>;
-  for (const k of ['vocab_size', 'n_ctx', 'n_layer', 'n_embd', 'n_head'] as const) {
-    if (typeof raw[k] !== 'number') throw new Error(`${join(dir, CONFIG_FILE)}: ${k}: missing or not a number`);
-  }
-  return resolveModelConfig(raw as ModelConfig);
+  const path = join(dir, CONFIG_FILE);
+  return modelConfigFromJson(readJson(path, 'model config') as Record<string, unknown>, path);
 }
 
-/** Read a safetensors file into tensors, undoing the [out, in] layout of linear weights when asked. */
-export function readTensors(path: string, transposeLinear: boolean): Record<string, tf.Tensor> {
-  const { tensors } = readSafetensors(path);
-  const out: Record<string, tf.Tensor> = {};
-  for (const [name, t] of Object.entries(tensors)) {
-    const x = tf.tensor(toFloat32(t), t.shape, 'float32');
-    out[name] = transposeLinear && isLinearWeight(name) ? tf.tidy(() => tf.transpose(x)) : x;
-    if (out[name] !== x) x.dispose();
+/**
+ * Every tensor of a checkpoint's weights as stored: model.safetensors, or the shards a
+ * model.safetensors.index.json lists (`path` names the file errors should point at).
+ */
+export function readModelFiles(dir: string): { tensors: Record<string, TensorData>; path: string } {
+  const single = join(dir, MODEL_FILE), index = join(dir, MODEL_INDEX_FILE);
+  if (existsSync(single) || !existsSync(index)) return { tensors: readSafetensors(single).tensors, path: single };
+  const raw = readJson(index, 'safetensors index') as Record<string, unknown>;
+  const map = raw.weight_map;
+  if (typeof map !== 'object' || map === null || Array.isArray(map)) throw new Error(`${index}: weight_map: missing or not an object`);
+  const tensors: Record<string, TensorData> = {};
+  const shards = new Map<string, Record<string, TensorData>>();
+  for (const [name, file] of Object.entries(map as Record<string, unknown>)) {
+    if (typeof file !== 'string' || file.includes('/') || file.includes('\\')) throw new Error(`${index}: weight_map.${name}: expected a file name in this directory`);
+    let shard = shards.get(file);
+    if (!shard) shards.set(file, (shard = readSafetensors(join(dir, file)).tensors));
+    const t = shard[name];
+    if (!t) throw new Error(`${index}: weight_map.${name}: tensor not found in ${file}`);
+    tensors[name] = t;
   }
-  return out;
+  for (const [file, shard] of shards) {
+    for (const name of Object.keys(shard)) if (!(name in tensors)) throw new Error(`${join(dir, file)}: tensor '${name}' is not in ${MODEL_INDEX_FILE}`);
+  }
+  return { tensors, path: index };
+}
+
+/** In-memory params of a checkpoint dir (HF or legacy layout, any float dtype), checked against the config. */
+export function readModelParams(dir: string, config: ModelConfig): Record<string, tf.Tensor> {
+  const { tensors, path } = readModelFiles(dir);
+  const host = fromFileTensors(config, tensors, path);
+  return Object.fromEntries(Object.entries(host).map(([k, t]) => [k, tf.tensor(t.data, t.shape, 'float32')]));
 }
 
 /** Load a checkpoint directory: config, weights (checked against the config's shapes), tokenizer. */
@@ -162,25 +179,11 @@ export function loadCheckpoint(dir: string): LoadedCheckpoint {
   if (!existsSync(dir)) throw new Error(`${dir}: checkpoint directory not found`);
   const config = readModelConfig(dir);
   const quantization = readQuantizationConfig(dir);
-  if (quantization) {
-    // The quantized reader checks every tensor against config.json and the quantization_config itself.
-    const params = readQuantizedModel(join(dir, MODEL_FILE), config, quantization);
-    const manifest = existsSync(join(dir, 'manifest.json')) ? readManifest(dir) : undefined;
-    return { dir, config, params, tokenizer: Tokenizer.load(dir), manifest, quantization };
-  }
-  const params = readTensors(join(dir, MODEL_FILE), true);
-  const expected = paramShapes(config);
-  for (const [name, shape] of Object.entries(expected)) {
-    const t = params[name];
-    if (!t) throw new Error(`${join(dir, MODEL_FILE)}: missing tensor '${name}'`);
-    if (t.shape.join(',') !== shape.join(',')) throw new Error(`${join(dir, MODEL_FILE)}: '${name}' has shape [${t.shape}] but config.json implies [${shape}]`);
-  }
-  for (const name of Object.keys(params)) {
-    if (!(name in expected)) throw new Error(`${join(dir, MODEL_FILE)}: unexpected tensor '${name}' for this config`);
-  }
+  // A quantized checkpoint: packed modules (checked against config.json and quantization_config), the rest as usual.
+  const params = quantization ? readQuantizedModel(readModelFiles(dir), config, quantization) : readModelParams(dir, config);
   const tokenizer = Tokenizer.load(dir);
   const manifest = existsSync(join(dir, 'manifest.json')) ? readManifest(dir) : undefined;
-  return { dir, config, params, tokenizer, manifest };
+  return { dir, config, params, tokenizer, manifest, ...(quantization ? { quantization } : {}) };
 }
 
 /** out_dir when `resume` is asked and out_dir holds a trainer state; otherwise undefined (logged). */

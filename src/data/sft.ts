@@ -2,6 +2,7 @@
  * Instruction data for `sft` and `lora`: Alpaca JSONL ({instruction, input, output}) and chat JSONL
  * ({messages: [{role, content}]}) → ChatML-rendered examples {ids, trainMask} → padded batches.
  *
+ *  - Rows are rendered with the tokenizer's chat template (ChatML for our models; Jinja, as HF renders it).
  *  - Alpaca rows become a user turn (instruction, plus "\n\n" + input when input is non-empty) and an
  *    assistant turn (output); chat rows are rendered as given. Nothing else is appended.
  *  - trainMask comes from Tokenizer.renderChat: 1 on assistant content and its <|im_end|>, 0 elsewhere.
@@ -118,12 +119,12 @@ export function readSftJsonl(path: string, o: { format?: SftFormat; skipInvalid?
   return { rows, skipped, skippedReasons };
 }
 
-/** Fail early and clearly for tokenizers that cannot render ChatML (e.g. llama2.c's sentencepiece). */
+/** Fail early and clearly for tokenizers that have no chat template (setupChatFormat adds ChatML). */
 export function assertChatTokenizer(tokenizer: Tokenizer, where: string): void {
-  if (tokenizer.kind !== 'byte_level' || tokenizer.tokenToId(IM_START) === undefined || tokenizer.tokenToId(IM_END) === undefined) {
+  if (!tokenizer.chatTemplate) {
     throw new Error(
-      `${where}: the tokenizer (${tokenizer.kind}) has no ChatML tokens ${IM_START}/${IM_END}; sft and lora render data with ChatML, ` +
-        'so use a checkpoint whose byte-level tokenizer has them (e.g. one trained by llmctl prepare)',
+      `${where}: the tokenizer (${tokenizer.kind}) has no ChatML tokens ${IM_START}/${IM_END} and no chat template; ` +
+        'sft and lora add them (setupChatFormat) before rendering data',
     );
   }
 }

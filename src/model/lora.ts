@@ -2,16 +2,24 @@
  * LoRA (Hu et al., 2021): W x + (α/r)·B A x on chosen projections, with A random and B zero so the
  * adapted model starts exactly at the base model. In our param map an adapter is two extra entries per
  * projection, `<module>.lora_A` [in, r] and `<module>.lora_B` [r, out], which `linear` in gpt.ts picks up.
- * On disk it is PEFT's layout: adapter_config.json + adapter_model.safetensors with
- * `base_model.model.<module>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r].
+ * On disk it is PEFT's layout for the Hugging Face model (key mapping in src/checkpoint/hf-names.ts):
+ * adapter_config.json + adapter_model.safetensors with `base_model.model.<HF module>.lora_A.weight` [r, in]
+ * and `.lora_B.weight` [out, r] — e.g. `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`;
+ * GPT-2's q/k/v adapters become one block-diagonal adapter on the fused c_attn.
+ * base_model_name_or_path is written absolute (AutoPeftModelForCausalLM resolves it from any working
+ * directory); a relative one is read relative to the adapter directory, then to the working directory
+ * (adapters written before stored the path as typed).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
+import { type HostTensor, fromPeft, toPeft } from '../checkpoint/hf-names.js';
 import { readJson, writeJson } from '../checkpoint/manifest.js';
-import { type LoadedCheckpoint, disposeParams, loadCheckpoint } from '../checkpoint/model.js';
-import { readSafetensors, toFloat32, writeSafetensors } from '../checkpoint/safetensors.js';
+import { CONFIG_FILE, type LoadedCheckpoint, disposeParams, hostToTensorData, loadCheckpoint, readModelConfig } from '../checkpoint/model.js';
+import { readSafetensors, writeSafetensors } from '../checkpoint/safetensors.js';
 import { Rng } from '../util/rng.js';
+import { Tokenizer } from '../tokenizer/index.js';
+import { resizeVocab } from './chat-format.js';
 import type { ModelConfig, Params } from './gpt.js';
 import { paramShapes } from './gpt.js';
 
@@ -25,7 +33,6 @@ export interface LoraConfig {
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
 export const ADAPTER_WEIGHTS_FILE = 'adapter_model.safetensors';
-const PEFT_PREFIX = 'base_model.model.';
 const SHORT_NAMES: Record<string, string> = { q: 'q_proj', k: 'k_proj', v: 'v_proj', o: 'o_proj', gate: 'gate_proj', up: 'up_proj', down: 'down_proj' };
 
 export function loraScale(c: LoraConfig): number {
@@ -61,58 +68,99 @@ export function initLora(model: ModelConfig, c: LoraConfig, seed: number): Param
   return out;
 }
 
-export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel: string): void {
-  const tensors: Parameters<typeof writeSafetensors>[1] = {};
-  for (const [name, t] of Object.entries(lora)) {
-    const peft = PEFT_PREFIX + name.replace(/\.lora_([AB])$/, '.lora_$1.weight');
-    const stored = tf.tidy(() => tf.transpose(t)); // ours [in, r] / [r, out] → PEFT [r, in] / [out, r]
-    tensors[peft] = { dtype: 'F32', shape: stored.shape.slice(), data: stored.dataSync() as Float32Array };
-    stored.dispose();
-  }
-  writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), tensors, { format: 'pt' });
+export function saveAdapter(dir: string, lora: Params, c: LoraConfig, baseModel: string, model: ModelConfig): void {
+  const host: Record<string, HostTensor> = {};
+  for (const [name, t] of Object.entries(lora)) host[name] = { shape: t.shape.slice(), data: t.dataSync() as Float32Array };
+  const peft = toPeft(model, host, c.r, c.alpha);
+  writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), hostToTensorData(peft.tensors), { format: 'pt' });
   writeJson(join(dir, ADAPTER_CONFIG_FILE), {
     peft_type: 'LORA',
     task_type: 'CAUSAL_LM',
     r: c.r,
     lora_alpha: c.alpha,
     lora_dropout: c.dropout,
-    target_modules: c.target_modules.map((m) => SHORT_NAMES[m] ?? m),
+    target_modules: peft.target_modules,
+    rank_pattern: peft.rank_pattern,
+    alpha_pattern: peft.alpha_pattern,
     bias: 'none',
-    fan_in_fan_out: false,
+    fan_in_fan_out: peft.fan_in_fan_out,
+    modules_to_save: peft.modules_to_save,
+    init_lora_weights: true,
+    use_rslora: false,
+    use_dora: false,
+    layers_to_transform: null,
+    layers_pattern: null,
     inference_mode: true,
-    base_model_name_or_path: baseModel,
+    base_model_name_or_path: resolve(baseModel),
+    revision: null,
   });
 }
 
-export function loadAdapter(dir: string): { lora: Params; config: LoraConfig; baseModel: string } {
+/** The base checkpoint an adapter names: absolute as is; relative → the adapter dir first, then the cwd. */
+export function resolveBaseModel(adapterDir: string, stored: string): string {
+  if (!stored || isAbsolute(stored)) return stored;
+  const beside = resolve(adapterDir, stored);
+  return existsSync(beside) ? beside : stored;
+}
+
+/** The model config an adapter applies to: given, or config.json beside the adapter, or the base's. */
+function adapterModelConfig(dir: string, baseModel: string, model?: ModelConfig): ModelConfig {
+  if (model) return model;
+  if (existsSync(join(dir, CONFIG_FILE))) return readModelConfig(dir);
+  if (baseModel && existsSync(join(baseModel, CONFIG_FILE))) return readModelConfig(baseModel);
+  throw new Error(`${join(dir, ADAPTER_CONFIG_FILE)}: cannot find the base model's config.json (base_model_name_or_path ${JSON.stringify(baseModel)})`);
+}
+
+export function loadAdapter(dir: string, model?: ModelConfig): { lora: Params; config: LoraConfig; baseModel: string } {
   const cfgPath = join(dir, ADAPTER_CONFIG_FILE);
   if (!existsSync(cfgPath)) throw new Error(`${cfgPath}: not found (is ${dir} a LoRA adapter directory?)`);
   const raw = readJson(cfgPath, 'adapter config') as Record<string, unknown>;
   if (raw.peft_type !== 'LORA' || typeof raw.r !== 'number' || typeof raw.lora_alpha !== 'number') {
     throw new Error(`${cfgPath}: expected a PEFT LoRA config with peft_type "LORA", r and lora_alpha`);
   }
-  const config: LoraConfig = { r: raw.r, alpha: raw.lora_alpha, dropout: Number(raw.lora_dropout ?? 0), target_modules: raw.target_modules as string[] };
-  const { tensors } = readSafetensors(join(dir, ADAPTER_WEIGHTS_FILE));
+  for (const f of ['use_dora', 'use_rslora'] as const) if (raw[f] === true) throw new Error(`${cfgPath}: ${f}: true is not supported`);
+  if (raw.bias !== undefined && raw.bias !== 'none') throw new Error(`${cfgPath}: bias: ${JSON.stringify(raw.bias)} is not supported (only "none")`);
+  const baseModel = resolveBaseModel(dir, String(raw.base_model_name_or_path ?? ''));
+  const mc = adapterModelConfig(dir, baseModel, model);
+  const path = join(dir, ADAPTER_WEIGHTS_FILE);
+  const host = fromPeft(mc, readSafetensors(path).tensors, { r: raw.r, lora_alpha: raw.lora_alpha, rank_pattern: raw.rank_pattern, alpha_pattern: raw.alpha_pattern }, path);
   const lora: Params = {};
-  for (const [peft, t] of Object.entries(tensors)) {
-    const m = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(peft);
-    if (!m) throw new Error(`${join(dir, ADAPTER_WEIGHTS_FILE)}: unexpected tensor '${peft}'`);
-    lora[`${m[1]}.lora_${m[2]}`] = tf.tidy(() => tf.transpose(tf.tensor(toFloat32(t), t.shape)));
-  }
-  return { lora, config, baseModel: String(raw.base_model_name_or_path ?? '') };
+  for (const [k, t] of Object.entries(host)) lora[k] = tf.tensor(t.data, t.shape, 'float32');
+  const targets = [...new Set(Object.keys(lora).filter((k) => /\.lora_[AB]$/.test(k)).map((k) => k.replace(/\.lora_[AB]$/, '').split('.').pop()!))];
+  const config: LoraConfig = { r: raw.r, alpha: raw.lora_alpha, dropout: Number(raw.lora_dropout ?? 0), target_modules: targets };
+  return { lora, config, baseModel };
 }
 
-/** Every adapted module must exist in the base model. */
+/** Every adapted module must exist in the base model; whole tensors saved with the adapter must fit it. */
 export function checkAdapterTargets(base: Params, lora: Params, adapterDir: string, baseDir = 'the base model'): void {
-  for (const name of Object.keys(lora)) {
+  for (const [name, t] of Object.entries(lora)) {
+    if (!/\.lora_[AB]$/.test(name)) {
+      const b = base[name];
+      if (!b || b.shape.join(',') !== t.shape.join(',')) throw new Error(`${adapterDir}: adapter holds '${name}' [${t.shape}], which ${baseDir} has as [${b?.shape ?? 'nothing'}]`);
+      continue;
+    }
     const module = name.replace(/\.lora_[AB]$/, '');
     if (!base[`${module}.weight`] && !base[`${module}.qweight`]) throw new Error(`${adapterDir}: adapter targets '${module}', which ${baseDir} does not have`);
   }
 }
 
+/**
+ * A base checkpoint made to fit an adapter trained after setup_chat_format: when the adapter dir's
+ * config.json has a larger vocabulary, the base's embedding (and untied head) grow to it — the rows come
+ * from the adapter's saved embedding — and the adapter's tokenizer (with the chat tokens) is used.
+ */
+export function alignBaseToAdapter(model: LoadedCheckpoint, adapterDir: string): LoadedCheckpoint {
+  if (!existsSync(join(adapterDir, CONFIG_FILE)) || !existsSync(join(adapterDir, 'tokenizer.json'))) return model;
+  const ac = readModelConfig(adapterDir);
+  if (ac.vocab_size === model.config.vocab_size) return model;
+  if (ac.vocab_size < model.config.vocab_size) throw new Error(`${join(adapterDir, CONFIG_FILE)}: vocab_size ${ac.vocab_size} is smaller than the base's ${model.config.vocab_size}`);
+  const config = { ...model.config, vocab_size: ac.vocab_size };
+  return { ...model, config, params: resizeVocab(model.config, model.params, ac.vocab_size), tokenizer: Tokenizer.load(adapterDir) };
+}
+
 /** Base params + adapter entries, ready for forward(..., { loraScale: scale }). */
-export function applyAdapter(base: Params, dir: string): { params: Params; scale: number; dispose(): void } {
-  const { lora, config } = loadAdapter(dir);
+export function applyAdapter(base: Params, dir: string, model?: ModelConfig): { params: Params; scale: number; dispose(): void } {
+  const { lora, config } = loadAdapter(dir, model);
   checkAdapterTargets(base, lora, dir);
   return { params: { ...base, ...lora }, scale: loraScale(config), dispose: () => Object.values(lora).forEach((t) => t.dispose()) };
 }
@@ -123,7 +171,7 @@ export function mergeAdapter(base: Params, lora: Params, scale: number): Params 
   for (const [name, w] of Object.entries(base)) {
     const module = name.endsWith('.weight') ? name.slice(0, -'.weight'.length) : undefined;
     const A = module && lora[`${module}.lora_A`], B = module && lora[`${module}.lora_B`];
-    merged[name] = A && B ? tf.tidy(() => tf.add(w, tf.mul(tf.matMul(A, B), scale))) : tf.clone(w);
+    merged[name] = lora[name] ? tf.clone(lora[name]!) : A && B ? tf.tidy(() => tf.add(w, tf.mul(tf.matMul(A, B), scale))) : tf.clone(w);
   }
   return merged;
 }
@@ -140,9 +188,10 @@ export function loadForInference(dir: string, adapterDir?: string): { model: Loa
     baseDir = loadAdapter(dir).baseModel;
     if (!baseDir) throw new Error(`${join(dir, ADAPTER_CONFIG_FILE)}: no base_model_name_or_path to load the base model from`);
   }
-  const model = loadCheckpoint(baseDir);
-  if (!adapterDir) return { model, dispose: () => disposeParams(model.params) };
-  const adapter = applyAdapter(model.params, adapterDir);
+  const loaded = loadCheckpoint(baseDir);
+  if (!adapterDir) return { model: loaded, dispose: () => disposeParams(loaded.params) };
+  const model = alignBaseToAdapter(loaded, adapterDir);
+  const adapter = applyAdapter(model.params, adapterDir, model.config);
   return {
     model: { ...model, params: adapter.params },
     scale: adapter.scale,

@@ -1,10 +1,10 @@
 /** Prompt text → token ids the way each tokenizer family expects. */
 import { IM_END, type Tokenizer } from '../tokenizer/index.js';
 
-/** Plain prompts get BOS when the tokenizer has one (llama2.c / sentencepiece); chat prompts use ChatML. */
+/** Plain prompts get BOS when the model expects it (llama2.c / sentencepiece); chat prompts use the chat template. */
 export function promptIds(tokenizer: Tokenizer, prompt: string, chat = false): number[] {
   if (chat) return tokenizer.renderChat([{ role: 'user', content: prompt }], { addGenerationPrompt: true }).ids;
-  const ids = tokenizer.encode(prompt, { addBos: tokenizer.bosId !== undefined, allowSpecial: true });
+  const ids = tokenizer.encode(prompt, { addBos: tokenizer.addBos, allowSpecial: true });
   // A byte-level model with no BOS needs something to condition on: start from <|endoftext|>, as GPT-2 does.
   return ids.length === 0 ? [tokenizer.eosId] : ids;
 }

@@ -43,14 +43,6 @@ export interface QuantizationConfig {
 
 export const QUANT_SUFFIXES_INT4 = ['qweight', 'qzeros', 'scales', 'g_idx'] as const;
 
-/**
- * The file name of a module (h.0.attn.q_proj → its name in model.safetensors). The checkpoint writes
- * module names as they are in memory today; when the writer maps names (to Hugging Face's), map here too.
- */
-export function moduleFileName(module: string): string {
-  return module;
-}
-
 /** Parse and check config.json's quantization_config; `where` names the file in errors. */
 export function parseQuantizationConfig(raw: unknown, where: string): QuantizationConfig {
   const bad = (field: string, reason: string): never => {
@@ -187,9 +179,8 @@ export function dequantizeParams(p: Params, shapes: Record<string, number[]>): P
 // File records ↔ in-memory tensors
 // ---------------------------------------------------------------------------------------------
 
-/** The file records of quantized module m (see the header), from its in-memory tensors. */
-export function quantizedFileRecords(p: Params, m: string, inn: number): Record<string, TensorData> {
-  const f = moduleFileName(m);
+/** The file records of quantized module m (see the header), from its in-memory tensors, named `f.qweight` etc. */
+export function quantizedFileRecords(p: Params, m: string, inn: number, f: string): Record<string, TensorData> {
   const qw = p[`${m}.qweight`]!;
   const out = qw.shape[1]!;
   const int8Scale = p[`${m}.weight_scale`];
@@ -210,11 +201,10 @@ export function quantizedFileRecords(p: Params, m: string, inn: number): Record<
 }
 
 /**
- * Check and load quantized module m from the file's records (`take` removes a record and returns it, or
- * undefined). `in`/`out` come from config.json; every mismatch is an error naming the tensor.
+ * Check and load quantized module m, stored as `f.qweight` etc., from the file's records (`take` removes a
+ * record and returns it, or undefined). `in`/`out` come from config.json; every mismatch names the tensor.
  */
-export function loadQuantizedModule(m: string, inn: number, out: number, q: QuantizationConfig, take: (name: string) => TensorData | undefined, where: string): Params {
-  const f = moduleFileName(m);
+export function loadQuantizedModule(m: string, f: string, inn: number, out: number, q: QuantizationConfig, take: (name: string) => TensorData | undefined, where: string): Params {
   const need = (suffix: string, dtypes: string[], shape: number[]): TensorData => {
     const t = take(`${f}.${suffix}`);
     if (!t) throw new Error(`${where}: missing tensor '${f}.${suffix}' (quantization_config says ${q.quant_method} ${q.bits}-bit)`);

@@ -22,15 +22,19 @@ import {
   IM_START,
   type ChatMessage,
   type RenderedChat,
+  assistantSpans,
+  contentSpans,
+  renderTemplate,
 } from './chat.js';
 import { parseLlama2cTokenizer } from './llama2c.js';
+import { GPT2_SPLIT_REGEX_SOURCE, type PreTokenizer, byteLevelPreTokenizer } from './pretokenize.js';
 import { trainByteBpe } from './train.js';
 import { TextStreamer, type StreamerOptions } from './streamer.js';
 
 export type TokenizerKind = 'byte_level' | 'sentencepiece';
 
 /** GPT-2 pre-tokenization (same pattern as tiktoken r50k_base). */
-export const GPT2_SPLIT_REGEX = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+export const GPT2_SPLIT_REGEX = new RegExp(GPT2_SPLIT_REGEX_SOURCE, 'gu');
 
 const UNK = '<unk>';
 const BOS = '<s>';
@@ -85,8 +89,20 @@ interface TokenizerSpec {
   chatTemplate: string;
   /** byte_level: HF ByteLevel add_prefix_space. sentencepiece: the dummy-prefix space. */
   addPrefixSpace: boolean;
-  /** sentencepiece only: the char the vocab uses for a space (' ' for ours, '▁' for HF Llama files). */
+  /** sentencepiece only: the char the vocab uses for a space (' ' for llama2.c imports, '▁' for HF Llama files). */
   spaceSymbol: string;
+  /**
+   * sentencepiece only: a Metaspace pre-tokenizer (newer HF Llama files) instead of the legacy normalizers.
+   * Its prefix space is skipped when the piece already starts with a space; "first" adds it to the first
+   * piece of the text only (not after a special token).
+   */
+  metaspace?: 'always' | 'first' | undefined;
+  /** The tokenizer puts BOS in front of every encoded text by default (HF: the post-processor / add_bos_token). */
+  addBos: boolean;
+  /** byte_level only: a pre_tokenizer / normalizer other than GPT-2's plain ByteLevel (kept as JSON, written back as is). */
+  preTokenizerJson?: { pre_tokenizer: unknown; normalizer: unknown } | undefined;
+  /** HF BPE ignore_merges (Llama-3): a pre-token that is itself in the vocabulary is one token. */
+  ignoreMerges?: boolean | undefined;
 }
 
 export class Tokenizer {
@@ -95,7 +111,9 @@ export class Tokenizer {
   readonly bosId: number | undefined;
   readonly eosId: number;
   readonly padId: number;
-  /** Jinja-like template recorded for other tools; renderChat always renders ChatML. */
+  /** Whether the model expects BOS at the start of a text (prompts get it; HF's post-processor adds it). */
+  readonly addBos: boolean;
+  /** Jinja chat template (tokenizer_config.json's chat_template); '' when the vocabulary has no chat markup. */
   chatTemplate: string;
 
   private readonly spec: TokenizerSpec;
@@ -110,6 +128,7 @@ export class Tokenizer {
   private readonly charIds = new Map<string, number>();
   private readonly unkId: number | undefined;
   private readonly wordCache = new Map<string, number[]>();
+  private readonly pre: PreTokenizer | undefined;
 
   private constructor(spec: TokenizerSpec) {
     this.spec = spec;
@@ -118,6 +137,7 @@ export class Tokenizer {
     this.bosId = spec.bosId;
     this.eosId = spec.eosId;
     this.padId = spec.padId;
+    this.addBos = spec.addBos && spec.bosId !== undefined;
     this.chatTemplate = spec.chatTemplate;
     if (this.vocabSize >= ID_SPACE) throw new Error(`vocab too large (${this.vocabSize})`);
 
@@ -140,6 +160,7 @@ export class Tokenizer {
       this.addedRegex = new RegExp(alts.join('|'), 'g');
     }
 
+    this.pre = spec.preTokenizerJson ? byteLevelPreTokenizer(spec.preTokenizerJson.pre_tokenizer, spec.preTokenizerJson.normalizer) : undefined;
     if (spec.kind === 'byte_level') {
       for (let b = 0; b < 256; b++) {
         const id = this.tokenIds.get(BYTE_TO_UNICODE[b]!);
@@ -211,9 +232,10 @@ export class Tokenizer {
       bosId: undefined,
       eosId,
       padId: eosId,
-      chatTemplate: CHATML_TEMPLATE,
+      chatTemplate: specials.includes(IM_START) && specials.includes(IM_END) ? CHATML_TEMPLATE : '',
       addPrefixSpace: false,
       spaceSymbol: ' ',
+      addBos: false,
     });
   }
 
@@ -276,9 +298,10 @@ export class Tokenizer {
       bosId: undefined,
       eosId,
       padId: eosId,
-      chatTemplate: CHATML_TEMPLATE,
+      chatTemplate: IM_START in specialTokens && IM_END in specialTokens ? CHATML_TEMPLATE : '',
       addPrefixSpace: false,
       spaceSymbol: ' ',
+      addBos: false,
     });
   }
 
@@ -336,9 +359,10 @@ export class Tokenizer {
       bosId: 1,
       eosId: 2,
       padId: 2,
-      chatTemplate: CHATML_TEMPLATE,
+      chatTemplate: '', // no chat markup in the vocabulary (setupChatFormat adds ChatML)
       addPrefixSpace: true,
       spaceSymbol: ' ',
+      addBos: true,
     });
   }
 
@@ -380,12 +404,17 @@ export class Tokenizer {
 
     let addPrefixSpace = false;
     let spaceSymbol = ' ';
+    let metaspace: 'always' | 'first' | undefined;
+    let preTokenizerJson: TokenizerSpec['preTokenizerJson'];
     if (kind === 'byte_level') {
       const pre = root['pre_tokenizer'] as Record<string, unknown> | null | undefined;
-      if (!pre || pre['type'] !== 'ByteLevel') {
-        throw new Error('byte-level BPE needs a plain ByteLevel pre_tokenizer (others are not supported)');
+      const norm = root['normalizer'] ?? null;
+      if (pre && pre['type'] === 'ByteLevel' && pre['use_regex'] !== false && norm === null) {
+        addPrefixSpace = pre['add_prefix_space'] === true; // GPT-2's own: the fast path
+      } else {
+        preTokenizerJson = { pre_tokenizer: pre, normalizer: norm };
+        byteLevelPreTokenizer(pre, norm); // fail here, naming what is unsupported
       }
-      addPrefixSpace = pre['add_prefix_space'] === true;
     } else {
       // Our files: Prepend " ". HF Llama files: Prepend "▁" + Replace " " -> "▁".
       const norms = normalizerList(root['normalizer']);
@@ -395,6 +424,16 @@ export class Tokenizer {
         if (n['type'] === 'Replace' && pat?.['String'] === ' ' && typeof n['content'] === 'string') {
           spaceSymbol = n['content'];
         }
+      }
+      // Newer HF Llama files: no normalizer, a Metaspace pre-tokenizer instead.
+      const pre = root['pre_tokenizer'] as Record<string, unknown> | null | undefined;
+      if (pre && pre['type'] === 'Metaspace') {
+        spaceSymbol = typeof pre['replacement'] === 'string' ? pre['replacement'] : '\u2581';
+        const scheme = pre['prepend_scheme'] ?? (pre['add_prefix_space'] === false ? 'never' : 'always');
+        addPrefixSpace = scheme !== 'never';
+        metaspace = scheme === 'first' ? 'first' : 'always';
+      } else if (pre) {
+        throw new Error(`sentencepiece-style BPE: pre_tokenizer ${String(pre['type'])} is not supported (none or Metaspace)`);
       }
     }
 
@@ -457,7 +496,8 @@ export class Tokenizer {
       idOf('eos_token') ?? tokenIds.get(kind === 'sentencepiece' ? EOS : ENDOFTEXT) ?? added.find((t) => t.special)?.id;
     if (eosId === undefined) throw new Error('cannot determine the EOS token');
     const padId = idOf('pad_token') ?? eosId;
-    let chatTemplate = CHATML_TEMPLATE;
+    const hasChatML = addedById.size > 0 && added.some((t) => t.content === IM_START) && added.some((t) => t.content === IM_END);
+    let chatTemplate = hasChatML ? CHATML_TEMPLATE : '';
     const ct = cfg['chat_template'];
     if (typeof ct === 'string') chatTemplate = ct;
     else if (Array.isArray(ct)) {
@@ -480,7 +520,27 @@ export class Tokenizer {
       chatTemplate,
       addPrefixSpace,
       spaceSymbol,
+      metaspace,
+      preTokenizerJson,
+      ignoreMerges: model['ignore_merges'] === true,
+      addBos: bosId !== undefined && (typeof cfg['add_bos_token'] === 'boolean' ? cfg['add_bos_token'] : postProcessorAddsBos(root['post_processor'], vocab[bosId]!)),
     });
+  }
+
+  /**
+   * A copy with `tokens` added as special tokens at the end of the vocabulary (those already present are
+   * kept) and `chatTemplate` as its template: TRL's setup_chat_format on the tokenizer side.
+   */
+  withSpecialTokens(tokens: readonly string[], chatTemplate: string): Tokenizer {
+    const s = this.spec;
+    const vocab = s.vocab.slice(), tokenBytes = s.tokenBytes.slice(), added = s.added.slice();
+    for (const content of tokens) {
+      if (this.tokenIds.has(content)) continue;
+      added.push({ id: vocab.length, content, special: true });
+      vocab.push(content);
+      tokenBytes.push(utf8Encoder.encode(content));
+    }
+    return new Tokenizer({ ...s, vocab, tokenBytes, added, chatTemplate });
   }
 
   // ---------------------------------------------------------------- serialization
@@ -496,7 +556,7 @@ export class Tokenizer {
     const s = this.spec;
     // fromEntries + Set, not `tok in obj`: tokens like "constructor" must not hit Object.prototype.
     const seen = new Set<string>();
-    const vocab = Object.fromEntries(
+    let vocab: Record<string, number> = Object.fromEntries(
       s.vocab.flatMap((tok, id) => (seen.has(tok) ? [] : (seen.add(tok), [[tok, id] as const]))),
     );
     const added_tokens = s.added.map((t) => ({
@@ -509,9 +569,23 @@ export class Tokenizer {
       special: t.special,
     }));
     const byteLevel = s.kind === 'byte_level';
-    // Sentencepiece pieces contain real spaces, so "a b" would be ambiguous: use the
-    // [left, right] pair form (tokenizers >= 0.20 reads both).
-    const merges = s.merges.map(([a, b]) => (byteLevel ? `${s.vocab[a]} ${s.vocab[b]}` : [s.vocab[a], s.vocab[b]]));
+    // Sentencepiece vocabularies are written in HF's '▁' convention whatever they use in memory, so no
+    // piece holds a real space and merges are the usual "left right" strings.
+    const sp = '\u2581';
+    const addedSet = new Set(s.added.map((t) => t.id));
+    const piece = (id: number): string => (byteLevel || addedSet.has(id) ? s.vocab[id]! : s.vocab[id]!.replaceAll(s.spaceSymbol, sp));
+    if (!byteLevel) {
+      vocab = Object.fromEntries(
+        (() => {
+          const seen2 = new Set<string>();
+          return s.vocab.flatMap((_, id) => {
+            const tok = piece(id);
+            return seen2.has(tok) ? [] : (seen2.add(tok), [[tok, id] as const]);
+          });
+        })(),
+      );
+    }
+    const merges = s.merges.map(([a, b]) => `${piece(a)} ${piece(b)}`);
     const model = {
       type: 'BPE',
       dropout: null,
@@ -520,6 +594,7 @@ export class Tokenizer {
       end_of_word_suffix: null,
       fuse_unk: !byteLevel,
       byte_fallback: !byteLevel,
+      ...(s.ignoreMerges ? { ignore_merges: true } : {}),
       vocab,
       merges,
     };
@@ -529,29 +604,40 @@ export class Tokenizer {
         truncation: null,
         padding: null,
         added_tokens,
-        normalizer: null,
-        pre_tokenizer: { type: 'ByteLevel', add_prefix_space: s.addPrefixSpace, trim_offsets: true, use_regex: true },
+        normalizer: s.preTokenizerJson?.normalizer ?? null,
+        pre_tokenizer: s.preTokenizerJson?.pre_tokenizer ?? { type: 'ByteLevel', add_prefix_space: s.addPrefixSpace, trim_offsets: true, use_regex: true },
         post_processor: null,
         decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
         model,
       };
     }
-    const sp = s.spaceSymbol;
+    // As HF's Llama files: legacy normalizers (Prepend + Replace), or Metaspace when only the first
+    // piece gets the prefix space; BOS from a TemplateProcessing post-processor.
     const normalizers: object[] = [];
     if (s.addPrefixSpace) normalizers.push({ type: 'Prepend', prepend: sp });
-    if (sp !== ' ') normalizers.push({ type: 'Replace', pattern: { String: ' ' }, content: sp });
-    const decoders: object[] = [];
-    if (sp !== ' ') decoders.push({ type: 'Replace', pattern: { String: sp }, content: ' ' });
-    decoders.push({ type: 'ByteFallback' }, { type: 'Fuse' });
+    normalizers.push({ type: 'Replace', pattern: { String: ' ' }, content: sp });
+    const metaspace = s.metaspace ? { type: 'Metaspace', replacement: sp, prepend_scheme: s.addPrefixSpace ? s.metaspace : 'never', split: false } : null;
+    const decoders: object[] = [{ type: 'Replace', pattern: { String: sp }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }];
     if (s.addPrefixSpace) decoders.push({ type: 'Strip', content: ' ', start: 1, stop: 0 });
+    let post_processor: object | null = null;
+    if (this.addBos) {
+      const bos = s.vocab[s.bosId!]!;
+      const special = { SpecialToken: { id: bos, type_id: 0 } };
+      post_processor = {
+        type: 'TemplateProcessing',
+        single: [special, { Sequence: { id: 'A', type_id: 0 } }],
+        pair: [special, { Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: bos, type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+        special_tokens: { [bos]: { id: bos, ids: [s.bosId], tokens: [bos] } },
+      };
+    }
     return {
       version: '1.0',
       truncation: null,
       padding: null,
       added_tokens,
-      normalizer: normalizers.length === 1 ? normalizers[0] : { type: 'Sequence', normalizers },
-      pre_tokenizer: null,
-      post_processor: null,
+      normalizer: metaspace ? null : { type: 'Sequence', normalizers },
+      pre_tokenizer: metaspace,
+      post_processor,
       decoder: { type: 'Sequence', decoders },
       model,
     };
@@ -573,12 +659,13 @@ export class Tokenizer {
       };
     }
     return {
-      add_bos_token: s.kind === 'sentencepiece',
+      add_bos_token: this.addBos,
       add_eos_token: false,
       add_prefix_space: s.kind === 'byte_level' ? s.addPrefixSpace : undefined,
       added_tokens_decoder,
       bos_token: name(s.bosId),
-      chat_template: this.chatTemplate,
+      // Only where the vocabulary has the template's tokens (an empty template means none).
+      chat_template: this.chatTemplate || undefined,
       clean_up_tokenization_spaces: false,
       eos_token: name(s.eosId),
       pad_token: name(s.padId),
@@ -593,25 +680,27 @@ export class Tokenizer {
     const out: number[] = [];
     if (opts.addBos && this.bosId !== undefined) out.push(this.bosId);
     if (opts.allowSpecial === false || this.addedRegex === undefined) {
-      this.encodeOrdinary(text, out);
+      this.encodeOrdinary(text, out, true);
       return out;
     }
     let last = 0;
     for (const m of text.matchAll(this.addedRegex)) {
-      this.encodeOrdinary(text.slice(last, m.index), out);
+      this.encodeOrdinary(text.slice(last, m.index), out, last === 0);
       out.push(this.addedIds.get(m[0])!);
       last = m.index + m[0].length;
     }
-    this.encodeOrdinary(text.slice(last), out);
+    this.encodeOrdinary(text.slice(last), out, last === 0);
     return out;
   }
 
   /** Text without special-token handling; each call is one HF "split" (gets the prefix space). */
-  private encodeOrdinary(text: string, out: number[]): void {
+  private encodeOrdinary(text: string, out: number[], first: boolean): void {
     if (text.length === 0) return;
     if (this.kind === 'sentencepiece') {
       // run.c: dummy-prefix space, code points -> pieces or <0xXX> byte fallback, then merges.
-      const s = this.spec.addPrefixSpace ? ' ' + text : text;
+      const ms = this.spec.metaspace;
+      const prefix = this.spec.addPrefixSpace && (!ms || (!text.startsWith(' ') && (first || ms === 'always')));
+      const s = prefix ? ' ' + text : text;
       const symbols: number[] = [];
       for (const ch of s) {
         const id = this.charIds.get(ch);
@@ -629,6 +718,10 @@ export class Tokenizer {
       for (const id of this.mergeTable.apply(symbols)) out.push(id);
       return;
     }
+    if (this.pre) {
+      for (const w of this.pre.split(this.pre.normalize(text))) for (const id of this.encodeWord(w)) out.push(id);
+      return;
+    }
     const s = this.spec.addPrefixSpace && !text.startsWith(' ') ? ' ' + text : text;
     for (const m of s.matchAll(GPT2_SPLIT_REGEX)) {
       for (const id of this.encodeWord(m[0])) out.push(id);
@@ -639,6 +732,8 @@ export class Tokenizer {
     let ids = this.wordCache.get(word);
     if (ids !== undefined) return ids;
     const bytes = utf8Encoder.encode(word);
+    const whole = this.spec.ignoreMerges ? this.tokenIds.get(bytesToByteLevel(bytes)) : undefined;
+    if (whole !== undefined && !this.addedIds.has(bytesToByteLevel(bytes))) return [whole];
     const symbols = new Array<number>(bytes.length);
     for (let i = 0; i < bytes.length; i++) symbols[i] = this.byteIds[bytes[i]!]!;
     ids = this.mergeTable.apply(symbols);
@@ -706,52 +801,103 @@ export class Tokenizer {
 
   // ---------------------------------------------------------------- chat
 
+  /** The special tokens a chat template sees by name, as transformers passes them (only those set). */
+  templateSpecialTokens(): Record<string, string> {
+    const s = this.spec;
+    const out: Record<string, string> = {};
+    const put = (k: string, id: number | undefined) => {
+      if (id !== undefined) out[k] = s.vocab[id]!;
+    };
+    put('bos_token', s.bosId);
+    put('eos_token', s.eosId);
+    put('pad_token', s.padId);
+    put('unk_token', this.unkId);
+    return out;
+  }
+
   /**
-   * ChatML rendering (the default chatTemplate), built segment by segment so the mask is
-   * exact: trainMask is 1 for assistant content tokens and their <|im_end|>, 0 elsewhere
-   * (role headers, the newline after <|im_end|>, system/user turns, generation prompt).
-   * Message text is encoded with allowSpecial=false, so users cannot inject control tokens.
+   * Renders messages with the tokenizer's chat template (Jinja, as apply_chat_template) and tokenizes the
+   * whole text, as apply_chat_template(tokenize=True) does. trainMask is 1 on the tokens of each assistant
+   * turn — its content and the end-of-turn token (ChatML: <|im_end|>) — and 0 elsewhere (role headers,
+   * the newline after <|im_end|>, system/user turns, the generation prompt). Special-token text inside a
+   * message stays plain text, so users cannot inject control tokens.
    */
   renderChat(messages: readonly ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): RenderedChat {
-    if (this.kind !== 'byte_level') throw new Error('renderChat needs a byte-level tokenizer with ChatML tokens');
-    const start = this.addedIds.get(IM_START);
-    const end = this.addedIds.get(IM_END);
-    if (start === undefined || end === undefined) {
-      throw new Error(`tokenizer has no ${IM_START}/${IM_END} tokens; retrain with the default special tokens`);
+    if (!this.chatTemplate) {
+      throw new Error(`renderChat: the tokenizer has no chat template (no ${IM_START}/${IM_END} tokens); add them with setupChatFormat (sft and lora do)`);
     }
-    let text = '';
-    const ids: number[] = [];
-    const trainMask: number[] = [];
-    const push = (seg: number[], m: number): void => {
-      for (const id of seg) {
-        ids.push(id);
-        trainMask.push(m);
-      }
-    };
-    const header = (role: string): void => {
-      text += `${IM_START}${role}\n`;
-      push([start], 0);
-      push(this.encode(`${role}\n`, { allowSpecial: false }), 0);
-    };
     for (const msg of messages) {
-      if (msg.role !== 'system' && msg.role !== 'user' && msg.role !== 'assistant') {
-        throw new Error(`unknown chat role ${String(msg.role)}`);
-      }
-      const train = msg.role === 'assistant' ? 1 : 0;
-      header(msg.role);
-      text += `${msg.content}${IM_END}\n`;
-      push(this.encode(msg.content, { allowSpecial: false }), train);
-      push([end], train);
-      push(this.encode('\n', { allowSpecial: false }), 0);
+      if (msg.role !== 'system' && msg.role !== 'user' && msg.role !== 'assistant') throw new Error(`unknown chat role ${String(msg.role)}`);
     }
-    if (opts.addGenerationPrompt) header('assistant');
+    const specials = this.templateSpecialTokens();
+    const render = (msgs: readonly ChatMessage[], gen: boolean) => renderTemplate(this.chatTemplate, msgs, gen, specials);
+    const text = render(messages, Boolean(opts.addGenerationPrompt));
+    const { ids, starts } = this.encodeWithOffsets(text, contentSpans(messages, text));
+    const specialTexts = this.spec.added.filter((t) => t.special).map((t) => t.content);
+    const train = assistantSpans(render, messages, text, specialTexts);
+    const trainMask = starts.map((at) => (train.some(([a, b]) => at >= a && at < b) ? 1 : 0));
     return { text, ids, trainMask };
+  }
+
+  /**
+   * encode(text) with the character offset where each token starts; special-token text inside a
+   * `literal` range is encoded as ordinary text.
+   */
+  private encodeWithOffsets(text: string, literal: ReadonlyArray<[number, number]>): { ids: number[]; starts: number[] } {
+    const ids: number[] = [], starts: number[] = [];
+    const pieces: Array<[number, number, number | undefined]> = [];
+    let last = 0;
+    if (this.addedRegex) {
+      for (const m of text.matchAll(this.addedRegex)) {
+        const a = m.index, b = a + m[0].length;
+        if (literal.some(([s, e]) => a < e && b > s)) continue;
+        if (a > last) pieces.push([last, a, undefined]);
+        pieces.push([a, b, this.addedIds.get(m[0])]);
+        last = b;
+      }
+    }
+    if (last < text.length) pieces.push([last, text.length, undefined]);
+    for (const [a, b, id] of pieces) {
+      if (id !== undefined) {
+        ids.push(id);
+        starts.push(a);
+        continue;
+      }
+      const seg = text.slice(a, b);
+      const segIds: number[] = [];
+      this.encodeOrdinary(seg, segIds, a === 0);
+      // Byte offset → character offset within the segment.
+      const charAt: number[] = [];
+      let ci = 0;
+      for (const ch of seg) {
+        for (let k = utf8Encoder.encode(ch).length; k > 0; k--) charAt.push(ci);
+        ci += ch.length;
+      }
+      const total = segIds.reduce((nb, t) => nb + this.spec.tokenBytes[t]!.length, 0);
+      let byte = charAt.length - total; // -1 when a prefix space was added
+      for (const t of segIds) {
+        ids.push(t);
+        starts.push(a + (byte <= 0 ? 0 : byte >= charAt.length ? seg.length : charAt[byte]!));
+        byte += this.spec.tokenBytes[t]!.length;
+      }
+    }
+    return { ids, starts };
   }
 }
 
 function asRecord(x: unknown, what: string): Record<string, unknown> {
   if (typeof x !== 'object' || x === null || Array.isArray(x)) throw new Error(`${what}: expected an object`);
   return x as Record<string, unknown>;
+}
+
+/** Whether a post_processor (TemplateProcessing, possibly inside a Sequence) puts `bos` first. */
+function postProcessorAddsBos(pp: unknown, bos: string): boolean {
+  if (typeof pp !== 'object' || pp === null) return false;
+  const r = pp as Record<string, unknown>;
+  if (r['type'] === 'Sequence' && Array.isArray(r['processors'])) return r['processors'].some((p) => postProcessorAddsBos(p, bos));
+  if (r['type'] !== 'TemplateProcessing' || !Array.isArray(r['single'])) return false;
+  const first = r['single'][0] as Record<string, Record<string, unknown>> | undefined;
+  return first?.['SpecialToken']?.['id'] === bos;
 }
 
 function normalizerList(n: unknown): Array<Record<string, unknown>> {

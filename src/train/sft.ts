@@ -10,8 +10,9 @@
  * base_model_name_or_path and the manifest's parent name the base checkpoint.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, resumableDir, saveCheckpoint, toVariables } from '../checkpoint/model.js';
+import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, readModelConfig, resumableDir, saveCheckpoint, toVariables } from '../checkpoint/model.js';
 import type { SftConfig, SftDataConfig, LoraStageConfig } from '../config/stages.js';
 import {
   type SftBatch,
@@ -28,7 +29,8 @@ import {
 } from '../data/sft.js';
 import { type ForwardOptions, type ModelConfig, type Params, countParams, paramShapes } from '../model/gpt.js';
 import { dequantizeParams } from '../quant/tensors.js';
-import { type LoraConfig, checkAdapterTargets, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
+import { setupChatFormat } from '../model/chat-format.js';
+import { type LoraConfig, alignBaseToAdapter, checkAdapterTargets, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
 import type { Tokenizer } from '../tokenizer/index.js';
 import { log } from '../util/log.js';
 import { modelLoss } from './losses.js';
@@ -126,12 +128,15 @@ function evaluator(data: SftData, params: () => Params, config: ModelConfig, cfg
 /** Full fine-tuning: every weight trains; saves a full checkpoint (parent: cfg.base). */
 export async function sft(cfg: SftConfig, o: FinetuneOptions = {}): Promise<FinetuneResult> {
   const resumeDir = resumableDir(cfg.out_dir, o.resume);
-  const ck = loadCheckpoint(resumeDir ?? cfg.base);
+  const loaded = loadCheckpoint(resumeDir ?? cfg.base);
+  // A vocabulary without chat markup gets ChatML tokens and a grown embedding first (TRL's setup_chat_format).
+  const ck = setupChatFormat(loaded);
+  if (ck.added.length) log().info({ added: ck.added, vocab_size: ck.config.vocab_size }, `added ${ck.added.join(', ')} to the vocabulary (ChatML chat format)`);
   const { config, tokenizer } = ck;
   let data: SftData;
   try {
-    if (ck.quantization) throw new Error(`${ck.dir}: is quantized (${ck.quantization.llmctl_method}); full fine-tuning needs float weights — train a LoRA adapter over it instead (QLoRA: llmctl lora with base: ${ck.dir})`);
-    data = loadSftData(cfg.data, tokenizer, config.n_ctx, ck.dir);
+    if (loaded.quantization) throw new Error(`${loaded.dir}: is quantized (${loaded.quantization.llmctl_method}); full fine-tuning needs float weights — train a LoRA adapter over it instead (QLoRA: llmctl lora with base: ${loaded.dir})`);
+    data = loadSftData(cfg.data, tokenizer, config.n_ctx, loaded.dir);
   } catch (err) {
     disposeParams(ck.params);
     throw err;
@@ -174,36 +179,47 @@ export function adapterConfig(cfg: LoraStageConfig): LoraConfig {
   return { r: cfg.lora.r, alpha: cfg.lora.alpha, dropout: cfg.lora.dropout, target_modules: [...cfg.lora.target_modules] };
 }
 
-/** LoRA: only the adapter trains; the base checkpoint is read, never written. */
+/**
+ * LoRA: only the adapter trains; the base checkpoint is read, never written. A base without chat markup
+ * gets ChatML tokens (setupChatFormat); then its grown embedding (and untied head) train beside the adapter
+ * and are saved with it, as PEFT's modules_to_save — the new tokens must learn an embedding.
+ */
 export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promise<FinetuneResult & { adapterParams: number; modules: string[] }> {
   const resumeDir = resumableDir(cfg.out_dir, o.resume);
-  const base: LoadedCheckpoint = loadCheckpoint(cfg.base);
-  const { config, tokenizer } = base;
+  const loaded = loadCheckpoint(cfg.base);
+  const chat = setupChatFormat(loaded);
+  if (chat.added.length) log().info({ added: chat.added, vocab_size: chat.config.vocab_size }, `added ${chat.added.join(', ')} to the vocabulary (ChatML chat format); the embedding trains with the adapter`);
+  const { config, tokenizer } = chat;
+  const wholeModules = chat.added.length ? (config.tie_embeddings ? ['wte.weight'] : ['wte.weight', 'lm_head.weight']) : [];
+  const base: LoadedCheckpoint = { ...loaded, config, tokenizer, params: Object.fromEntries(Object.entries(chat.params).filter(([k]) => !wholeModules.includes(k))) };
   const acfg = adapterConfig(cfg);
   let data: SftData, modules: string[], initial: Params;
   try {
     modules = targetModules(config, acfg);
-    data = loadSftData(cfg.data, tokenizer, config.n_ctx, base.dir);
+    data = loadSftData(cfg.data, tokenizer, config.n_ctx, loaded.dir);
     if (resumeDir) {
-      const saved = loadAdapter(resumeDir);
+      const saved = loadAdapter(resumeDir, config);
       initial = saved.lora;
-      const want = new Set(modules.flatMap((m) => [`${m}.lora_A`, `${m}.lora_B`]));
+      const want = new Set([...modules.flatMap((m) => [`${m}.lora_A`, `${m}.lora_B`]), ...wholeModules]);
       const got = Object.keys(initial);
       if (saved.config.r !== acfg.r || got.length !== want.size || got.some((k) => !want.has(k))) {
         disposeParams(initial);
         throw new Error(`${resumeDir}: the saved adapter (r=${saved.config.r}, ${got.length / 2} modules) does not match lora settings in the config (r=${acfg.r}, ${modules.length} modules); cannot resume`);
       }
+      for (const k of wholeModules) chat.params[k]!.dispose();
     } else {
       initial = initLora(config, acfg, cfg.train.seed);
+      for (const k of wholeModules) initial[k] = chat.params[k]!;
     }
   } catch (err) {
-    disposeParams(base.params);
+    disposeParams(chat.params);
     throw err;
   }
   const adapter = toVariables(initial);
   const all: Params = { ...base.params, ...adapter };
   const scale = loraScale(acfg);
-  const fwd: ForwardOptions = { loraScale: scale, loraDropout: acfg.dropout, freezeBase: true };
+  // With a trainable embedding the tied head needs its weight gradient: run the plain kernels then.
+  const fwd: ForwardOptions = { loraScale: scale, loraDropout: acfg.dropout, freezeBase: wholeModules.length === 0 };
   const resume = resumeDir ? loadTrainerState(resumeDir) : undefined;
   const padId = tokenizer.padId;
   const adapterParams = Object.values(adapter).reduce((n, v) => n + v.size, 0);
@@ -223,7 +239,7 @@ export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promi
           config,
           params: {},
           skipModel: true,
-          extra: (tmp) => saveAdapter(tmp, adapter, acfg, cfg.base),
+          extra: (tmp) => saveAdapter(tmp, adapter, acfg, cfg.base, config),
           tokenizer,
           stage: 'lora',
           stageConfig: cfg,
@@ -247,7 +263,9 @@ export async function lora(cfg: LoraStageConfig, o: FinetuneOptions = {}): Promi
 
 /** Fold an adapter into its base: writes a plain full checkpoint (stage lora-merge, parent = base). */
 export async function mergeLora(o: { base?: string; adapter: string; out: string }): Promise<{ base: string; config: ModelConfig; modules: number }> {
-  const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter);
+  // The adapter's own config.json (written by the lora stage) describes it best; a bare PEFT dir uses --base's.
+  const ownConfig = existsSync(join(o.adapter, 'config.json'));
+  const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter, !ownConfig && o.base ? readModelConfig(o.base) : undefined);
   const baseDir = o.base ?? baseModel;
   if (!baseDir) {
     disposeParams(adapterParams);
@@ -255,7 +273,7 @@ export async function mergeLora(o: { base?: string; adapter: string; out: string
   }
   let ck: LoadedCheckpoint;
   try {
-    ck = loadCheckpoint(baseDir);
+    ck = alignBaseToAdapter(loadCheckpoint(baseDir), o.adapter);
   } catch (err) {
     disposeParams(adapterParams);
     throw err;
@@ -278,7 +296,7 @@ export async function mergeLora(o: { base?: string; adapter: string; out: string
     } finally {
       disposeParams(merged);
     }
-    return { base: baseDir, config: ck.config, modules: Object.keys(adapterParams).length / 2 };
+    return { base: baseDir, config: ck.config, modules: Object.keys(adapterParams).filter((k) => k.endsWith('.lora_A')).length };
   } finally {
     disposeParams(ck.params);
     disposeParams(adapterParams);
