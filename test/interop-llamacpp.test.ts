@@ -9,18 +9,21 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import * as tf from '@tensorflow/tfjs-core';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { initBackend } from '../src/backend/index.js';
 import { disposeParams } from '../src/checkpoint/model.js';
 import { generate } from '../src/model/generate.js';
-import type { Params } from '../src/model/gpt.js';
+import { type Params, resolveModelConfig } from '../src/model/gpt.js';
+import { initParams } from '../src/model/init.js';
+import { Tokenizer } from '../src/tokenizer/index.js';
 import { importLlama2c } from '../src/model/llama2c.js';
 import { type ExportType, fromGguf, toGguf } from '../src/quant/gguf-model.js';
 import { readGguf, writeGguf } from '../src/quant/gguf.js';
-import { REPO, STORIES_BIN, TOK512_PATH } from './paths.js';
+import { REPO, SHAKESPEARE_PATH, STORIES_BIN, TOK512_PATH } from './paths.js';
 
 const NODE_LLAMA_CPP = join(REPO, 'test/interop/node_modules/node-llama-cpp/dist/index.js');
 const skip = existsSync(NODE_LLAMA_CPP) ? false : 'node-llama-cpp is not installed: run `npm ci --prefix test/interop` (.ci/run does) to check our GGUF files in llama.cpp';
@@ -89,6 +92,35 @@ describe('GGUF in llama.cpp (node-llama-cpp 3.21.1)', { skip }, () => {
     t.diagnostic(`f32: ${matching(r.ids, ref)} of ${ref.length} greedy tokens equal; llama.cpp ${Math.round(r.tokensPerSecond)} tokens/s`);
     assert.ok(ref.length >= 100, `our generation is ${ref.length} tokens`);
     assert.deepEqual(r.ids.slice(0, ref.length), ref);
+  });
+
+  test('gpt2 architecture (fused qkv, learned positions, byte-level BPE): same prompt tokens and greedy tokens as ours', async (t) => {
+    // A GPT-2 with a BPE trained on Shakespeare; weights scaled up so logits are decisive (no near-ties at init).
+    const text = readFileSync(SHAKESPEARE_PATH, 'utf8').slice(0, 200_000);
+    const tok = Tokenizer.train([text], { vocabSize: 400 });
+    const c = resolveModelConfig({ arch: 'gpt2', vocab_size: 400, n_ctx: 64, n_layer: 2, n_embd: 64, n_head: 4 });
+    const init = initParams(c, 3);
+    const p: Params = Object.fromEntries(Object.entries(init).map(([k, v]) => [k, v.rank === 2 ? tf.mul(v, 8) : tf.clone(v)]));
+    disposeParams(init);
+    const path = join(TMP, 'gpt2.gguf');
+    writeGguf(path, toGguf(p, c, tok, 'f32', 'tiny-gpt2').file);
+    const prompt = 'ROMEO: What say you, my lord?';
+    const ids = tok.encode(prompt);
+    const ref = generate({ config: c, tokenizer: tok, params: p }, ids, { ...greedy, max_tokens: 40 }).ids;
+    disposeParams(p);
+    const model = await llama.loadModel({ modelPath: path });
+    const ctx = await model.createContext({ contextSize: 64, threads: 1 });
+    const got: number[] = [];
+    for await (const x of ctx.getSequence().evaluate(ids, { temperature: 0 })) {
+      got.push(x);
+      if (got.length >= ref.length) break;
+    }
+    const tokenized = model.tokenize(prompt, false);
+    await ctx.dispose();
+    await model.dispose();
+    t.diagnostic(`gpt2 f32: ${matching(got, ref)} of ${ref.length} greedy tokens equal`);
+    assert.deepEqual(tokenized, ids, 'llama.cpp applies our merges');
+    assert.deepEqual(got, ref);
   });
 
   for (const type of ['q8_0', 'q4_0'] as const) {
