@@ -34,6 +34,18 @@ describe('round to nearest', () => {
     assert.equal(x.scale[1], 1); // an all-zero row keeps a harmless scale
   });
 
+  test('int8 outlier columns (LLM.int8()): kept exactly, left out of the absmax, 0 in the integers', () => {
+    // row 0: [0.5, 100, -1.27]; column 1 is an outlier feature → scale from |−1.27| only.
+    const x = quantizeInt8(Float32Array.from([0.5, 100, -1.27, 1, -2, 0.254]), 2, 3, [1]);
+    assert.deepEqual(Array.from(x.q), [50, 0, -127, 127, 0, 32]); // row 1: absmax of {1, 0.254} = 1
+    assert.deepEqual(Array.from(x.outliers!.idx), [1]);
+    assert.deepEqual(Array.from(x.outliers!.w), [100, -2]);
+    const d = dequantizeInt8(x);
+    assert.equal(d[1], 100);
+    assert.equal(d[4], -2);
+    assert.equal(d[0], 50 * Math.fround(1.27 / 127));
+  });
+
   test('int8 error ≤ scale/2 per element on random weights', () => {
     const rng = new Rng(1);
     const w = randn(rng, 16 * 40);

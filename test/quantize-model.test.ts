@@ -130,6 +130,29 @@ describe('quantized checkpoints', () => {
     });
   }
 
+  test('int8 with outlier features (GPT-2, fused c_attn): float columns stored beside I8, forward = dequantized float', async () => {
+    const q = quantizeModel(initParams(GPT2, 4), GPT2, { ...SETTINGS, method: 'int8', outlier_threshold: 2.5 }, samples(6, 4, 16));
+    assert.equal(q.quantization.llm_int8_threshold, 2.5);
+    const n = q.params['h.0.attn.q_proj.outlier_idx']!.size;
+    assert.ok(n > 0 && n < 32, `${n} outlier columns`);
+    const dir = fresh('int8-outliers');
+    await saveCheckpoint(dir, { config: GPT2, params: q.params, tokenizer: TOKENIZER, stage: 'quantize', stageConfig: {}, quantization: q.quantization });
+    const { tensors } = readSafetensors(join(dir, MODEL_FILE));
+    assert.deepEqual(tensors['transformer.h.0.attn.c_attn.outlier_weight']!.shape, [96, n]);
+    assert.deepEqual(tensors['transformer.h.0.attn.c_attn.weight']!.shape, [96, 32]);
+    const ck = loadCheckpoint(dir);
+    const deq = dequantizeParams(ck.params, paramShapes(GPT2));
+    const ref = dequantizeParams(q.params, paramShapes(GPT2));
+    const ids = [3, 1, 4, 1, 5];
+    assert.deepEqual(logitsOf(ck.params, GPT2, ids), logitsOf(deq, GPT2, ids));
+    assert.deepEqual(logitsOf(deq, GPT2, ids), logitsOf(ref, GPT2, ids));
+    // the outlier rows are the float weights themselves
+    const col = (ck.params['h.0.attn.q_proj.outlier_idx']!.dataSync() as Int32Array)[0]!;
+    const float = initParams(GPT2, 4);
+    assert.deepEqual(Array.from(deq['h.0.attn.q_proj.weight']!.dataSync().slice(col * 32, col * 32 + 32)), Array.from(float['h.0.attn.q_proj.weight']!.dataSync().slice(col * 32, col * 32 + 32)));
+    for (const p of [q.params, ck.params, deq, ref, float]) disposeParams(p);
+  });
+
   test('resident weight bytes: int8 ≈ 1/4 and int4 ≈ 1/8 of float for the linear layers', () => {
     const c = resolveModelConfig({ arch: 'llama', vocab_size: 64, n_ctx: 16, n_layer: 1, n_embd: 128, n_head: 4, n_inner: 256 });
     const bytes = (p: Params, re: RegExp) => Object.entries(p).filter(([k]) => re.test(k)).reduce((b, [, t]) => b + t.size * 4, 0);

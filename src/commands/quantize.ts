@@ -34,7 +34,7 @@ export const quantizeCommand: CommandModule<GlobalArgs, Args> = {
     const { config, tokenizer } = ck;
     let calibration: number[][] | undefined, evalIds: number[] | undefined;
     try {
-      if (cfg.calibration && (cfg.method === 'gptq' || cfg.method === 'awq')) {
+      if (cfg.calibration && (cfg.method === 'gptq' || cfg.method === 'awq' || cfg.outlier_threshold)) {
         const seqLen = Math.min(cfg.calibration.seq_len ?? config.n_ctx, config.n_ctx);
         const ids = tokensOf(tokenizer, readText(cfg.calibration.path, cfg.calibration.text_field), cfg.calibration.samples * seqLen);
         calibration = calibrationSamples(ids, cfg.calibration.samples, seqLen);
@@ -73,6 +73,7 @@ export const quantizeCommand: CommandModule<GlobalArgs, Args> = {
       ...(cfg.method === 'gptq' ? { desc_act: cfg.desc_act } : {}),
       sym: q.quantization.sym,
       quantized_modules: q.quantized.length,
+      ...(cfg.outlier_threshold ? { outlier_columns: Object.entries(q.params).filter(([k]) => k.endsWith('.outlier_idx')).reduce((n, [, t]) => n + t.size, 0) } : {}),
       float_tensors: describeFloat(q.float),
       ...(q.alphas ? { awq_alpha: q.alphas } : {}),
       size_before_mb: sizeBefore / 1e6,

@@ -25,6 +25,8 @@ export const QuantizeConfigSchema = z.strictObject({
   damp_percent: z.number().positive().max(1).default(0.01),
   /** gptq: columns per lazy-update block. */
   block_size: z.int().positive().default(128),
+  /** int8: input features whose calibration |x| reaches this stay float (LLM.int8()'s outliers, 6.0 there); 0 = none. */
+  outlier_threshold: z.number().nonnegative().default(0),
   /** awq: grid points for α in [0, 1). */
   awq_grid: z.int().min(2).default(20),
   /** gptq / awq: calibration text; the first samples × seq_len tokens are used. */
@@ -35,6 +37,6 @@ export const QuantizeConfigSchema = z.strictObject({
   }).optional(),
   /** Held-out text for perplexity before and after: its LAST max_tokens tokens (the end of a corpus, like nanoGPT's val split). */
   eval: QuantTextSchema.extend({ max_tokens: z.int().positive().default(8192) }).optional(),
-}).refine((c) => c.method === 'int8' || c.method === 'int4' || c.calibration !== undefined, { message: 'gptq and awq need calibration text (calibration.path)', path: ['calibration'] })
+}).refine((c) => c.method === 'int4' || (c.method === 'int8' && !c.outlier_threshold) || c.calibration !== undefined, { message: 'gptq, awq and int8 with outlier_threshold need calibration text (calibration.path)', path: ['calibration'] })
   .refine((c) => c.method !== 'int8' || c.group_size === 128 || c.group_size === -1, { message: 'int8 is per output channel; leave group_size unset', path: ['group_size'] });
 export type QuantizeConfig = z.infer<typeof QuantizeConfigSchema>;

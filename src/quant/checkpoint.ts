@@ -16,9 +16,8 @@ import { readJson } from '../checkpoint/manifest.js';
 import type { TensorData } from '../checkpoint/safetensors.js';
 import { type ModelConfig, isLinearWeight, paramShapes } from '../model/gpt.js';
 import { numGroups, packQzeros, unpackQzeros } from './int.js';
-import { type Params, type QuantizationConfig, loadQuantizedModule, parseQuantizationConfig, quantizedFileRecords, quantizedModules } from './tensors.js';
+import { PACKED_SUFFIX, type Params, type QuantizationConfig, loadQuantizedModule, parseQuantizationConfig, quantizedFileRecords, quantizedModules } from './tensors.js';
 
-const PACKED = /\.(qweight|qzeros|scales|g_idx|weight_scale)$/;
 
 /** config.json's quantization_config, checked; undefined for a float checkpoint. */
 export function readQuantizationConfig(dir: string): QuantizationConfig | undefined {
@@ -31,7 +30,7 @@ export function readQuantizationConfig(dir: string): QuantizationConfig | undefi
 /** The float entries of a (partly) quantized params map. */
 export function floatParams(p: Params): Params {
   const modules = new Set(quantizedModules(p));
-  return Object.fromEntries(Object.entries(p).filter(([k]) => !(PACKED.test(k) && modules.has(k.replace(PACKED, '')))));
+  return Object.fromEntries(Object.entries(p).filter(([k]) => !(PACKED_SUFFIX.test(k) && modules.has(k.replace(PACKED_SUFFIX, '')))));
 }
 
 const QKV = ['q_proj', 'k_proj', 'v_proj'];
@@ -68,10 +67,18 @@ function sliceCols<T extends Int32Array | Uint16Array | Uint8Array | Int8Array |
 function fuseQkv(parts: Array<Record<string, TensorData>>, f: string, d: number, bits: 4 | 8): Record<string, TensorData> {
   const get = (k: number, s: string) => parts[k]![`x.${s}`]!;
   if (bits === 8) {
-    const w = get(0, 'weight');
+    const w = get(0, 'weight'), idx = parts[0]!['x.outlier_idx'];
+    // q, k and v read the same input, so they share their outlier columns; the float rows stack like the weights.
+    const outliers: Record<string, TensorData> = idx
+      ? {
+          [`${f}.outlier_idx`]: idx,
+          [`${f}.outlier_weight`]: { dtype: 'F32', shape: [3 * d, idx.shape[0]!], data: concatCols([0, 1, 2].map((k) => get(k, 'outlier_weight').data as Float32Array), 1) },
+        }
+      : {};
     return {
       [`${f}.weight`]: { dtype: 'I8', shape: [3 * d, w.shape[1]!], data: concatCols([0, 1, 2].map((k) => get(k, 'weight').data as Int8Array), 1) },
       [`${f}.weight_scale`]: { dtype: 'F32', shape: [3 * d], data: concatCols([0, 1, 2].map((k) => get(k, 'weight_scale').data as Float32Array), 1) },
+      ...outliers,
     };
   }
   const gIdx = get(0, 'g_idx').data as Int32Array;
@@ -102,9 +109,14 @@ function splitQkv(take: (n: string) => TensorData | undefined, f: string, d: num
     const w = take(`${f}.weight`)!;
     if (w.shape.join(',') !== `${3 * d},${inn}`) throw new Error(`${where}: '${f}.weight' has shape [${w.shape}] but config.json implies [${3 * d},${inn}]`);
     const s = need('weight_scale', 3 * d);
+    const idx = take(`${f}.outlier_idx`), ow = take(`${f}.outlier_weight`);
+    const n = idx?.shape[0] ?? 0;
+    if (ow && ow.shape.join(',') !== `${3 * d},${n}`) throw new Error(`${where}: '${f}.outlier_weight' has shape [${ow.shape}], expected [${3 * d},${n}]`);
     parts.forEach((p, k) => {
       p.set(`${f}.weight`, { dtype: 'I8', shape: [d, inn], data: (w.data as Int8Array).slice(k * d * inn, (k + 1) * d * inn) });
       p.set(`${f}.weight_scale`, { dtype: s.dtype, shape: [d], data: s.data.slice(k * d, (k + 1) * d) as Float32Array });
+      if (idx) p.set(`${f}.outlier_idx`, idx);
+      if (ow) p.set(`${f}.outlier_weight`, { dtype: ow.dtype, shape: [d, n], data: (ow.data as Float32Array).slice(k * d * n, (k + 1) * d * n) });
     });
     return parts;
   }

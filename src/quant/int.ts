@@ -30,27 +30,38 @@ export function toF16(x: number): number {
 export interface Int8Weight {
   out: number;
   in: number;
-  /** [out, in] */
+  /** [out, in] (0 at outlier columns) */
   q: Int8Array;
   /** [out]: w[r, c] ≈ q[r, c] · scale[r] */
   scale: Float32Array;
+  /** LLM.int8()'s outlier columns, kept in float: input indices and their weights [out, n]. */
+  outliers?: { idx: Int32Array; w: Float32Array };
 }
 
-export function quantizeInt8(w: Float32Array, out: number, inn: number): Int8Weight {
+/** Absmax per output row over the non-outlier columns; outlier columns (input features) stay float. */
+export function quantizeInt8(w: Float32Array, out: number, inn: number, outlierColumns: readonly number[] = []): Int8Weight {
   const q = new Int8Array(out * inn), scale = new Float32Array(out);
+  const isOutlier = new Uint8Array(inn);
+  for (const c of outlierColumns) isOutlier[c] = 1;
   for (let r = 0; r < out; r++) {
     let absmax = 0;
-    for (let c = 0; c < inn; c++) absmax = Math.max(absmax, Math.abs(w[r * inn + c]!));
+    for (let c = 0; c < inn; c++) if (!isOutlier[c]) absmax = Math.max(absmax, Math.abs(w[r * inn + c]!));
     const s = Math.fround(absmax > 0 ? absmax / 127 : 1);
     scale[r] = s;
-    for (let c = 0; c < inn; c++) q[r * inn + c] = Math.max(-127, Math.min(127, rint(w[r * inn + c]! / s)));
+    for (let c = 0; c < inn; c++) q[r * inn + c] = isOutlier[c] ? 0 : Math.max(-127, Math.min(127, rint(w[r * inn + c]! / s)));
   }
-  return { out, in: inn, q, scale };
+  if (!outlierColumns.length) return { out, in: inn, q, scale };
+  const idx = Int32Array.from([...outlierColumns].sort((a, b) => a - b));
+  const ow = new Float32Array(out * idx.length);
+  for (let r = 0; r < out; r++) idx.forEach((c, k) => (ow[r * idx.length + k] = w[r * inn + c]!));
+  return { out, in: inn, q, scale, outliers: { idx, w: ow } };
 }
 
 export function dequantizeInt8(x: Int8Weight): Float32Array {
   const w = new Float32Array(x.out * x.in);
   for (let r = 0; r < x.out; r++) for (let c = 0; c < x.in; c++) w[r * x.in + c] = x.q[r * x.in + c]! * x.scale[r]!;
+  const o = x.outliers;
+  if (o) for (let r = 0; r < x.out; r++) o.idx.forEach((c, k) => (w[r * x.in + c] = o.w[r * o.idx.length + k]!));
   return w;
 }
 

@@ -13,7 +13,7 @@ import { log } from '../util/log.js';
 import { awqSearch } from './awq.js';
 import { gptqQuantize } from './gptq.js';
 import { type GroupSpec, type Int4Weight, quantizeInt8, quantizeRtn } from './int.js';
-import { type QuantizationConfig, int4Tensors, int8Tensors } from './tensors.js';
+import { PACKED_SUFFIX, type QuantizationConfig, int4Tensors, int8Tensors } from './tensors.js';
 
 export interface QuantizeSettings {
   method: 'int8' | 'int4' | 'gptq' | 'awq';
@@ -23,6 +23,8 @@ export interface QuantizeSettings {
   damp_percent: number;
   block_size: number;
   awq_grid: number;
+  /** int8: input features whose calibration |x| reaches this stay float (LLM.int8()'s 6.0); 0 = none. */
+  outlier_threshold?: number;
 }
 
 export interface QuantizeOutcome {
@@ -47,7 +49,7 @@ function torchWeight(t: tf.Tensor): Float32Array {
 }
 
 export function quantizationConfig(s: QuantizeSettings, alphas?: Record<string, number>): QuantizationConfig {
-  if (s.method === 'int8') return { quant_method: 'int8', bits: 8, group_size: -1, desc_act: false, sym: true, llmctl_method: 'int8' };
+  if (s.method === 'int8') return { quant_method: 'int8', bits: 8, group_size: -1, desc_act: false, sym: true, llmctl_method: 'int8', ...(s.outlier_threshold ? { llm_int8_threshold: s.outlier_threshold } : {}) };
   return {
     quant_method: 'gptq',
     bits: 4,
@@ -74,7 +76,19 @@ export function quantizeModel(params: Params, config: ModelConfig, s: QuantizeSe
   const modules = linearModules(config);
   const shapes = paramShapes(config);
   let alphas: Record<string, number> | undefined;
-  if (s.method === 'int8' || s.method === 'int4') {
+  if (s.method === 'int8' && s.outlier_threshold) {
+    if (!calibration?.length) throw new Error('int8 with outlier_threshold needs calibration samples');
+    for (let l = 0; l < config.n_layer; l++) {
+      const inputs = captureInputs(p, config, calibration, l);
+      for (const m of modules.filter((x) => x.startsWith(`h.${l}.`))) {
+        const [inn, out] = shapes[`${m}.weight`] as [number, number];
+        const peak = tf.tidy(() => tf.max(tf.abs(inputs.get(m)!), 0).dataSync() as Float32Array);
+        const outliers = [...peak.keys()].filter((c) => peak[c]! >= s.outlier_threshold!);
+        replaceWeight(p, m, int8Tensors(m, quantizeInt8(torchWeight(p[`${m}.weight`]!), out, inn, outliers)));
+      }
+      for (const x of new Set(inputs.values())) x.dispose();
+    }
+  } else if (s.method === 'int8' || s.method === 'int4') {
     for (const m of modules) {
       const [inn, out] = shapes[`${m}.weight`] as [number, number];
       const w = torchWeight(p[`${m}.weight`]!);
@@ -108,7 +122,7 @@ export function quantizeModel(params: Params, config: ModelConfig, s: QuantizeSe
     params: p,
     quantization: quantizationConfig(s, alphas),
     quantized: modules,
-    float: Object.keys(p).filter((k) => !/\.(qweight|qzeros|scales|g_idx|weight_scale)$/.test(k)),
+    float: Object.keys(p).filter((k) => !PACKED_SUFFIX.test(k)),
     alphas,
   };
 }

@@ -10,6 +10,8 @@
  *   int8:
  *     m.weight        I8  [out, in]
  *     m.weight_scale  F32 [out]         w ≈ weight · weight_scale (per output channel)
+ *     m.outlier_idx   I32 [n]           optional (LLM.int8()'s outlier features): input columns kept in float,
+ *     m.outlier_weight F32 [out, n]     their weights (the I8 weight is 0 there)
  * and config.json carries `quantization_config` ({quant_method, bits, group_size, desc_act, sym, …}).
  *
  * In memory the params map holds the packed integers as int32 tensors: int4 exactly as in the file
@@ -37,6 +39,8 @@ export interface QuantizationConfig {
   true_sequential?: boolean;
   /** How the integers were chosen: rtn | gptq | awq | int8. */
   llmctl_method: string;
+  /** int8: input features whose calibration |x| reached this were kept in float (bitsandbytes' name). */
+  llm_int8_threshold?: number;
   /** AWQ: α chosen per scaled group of layers. */
   llmctl_awq_alpha?: Record<string, number>;
 }
@@ -69,6 +73,7 @@ export function parseQuantizationConfig(raw: unknown, where: string): Quantizati
     ...(q.checkpoint_format ? { checkpoint_format: 'gptq' as const } : {}),
     ...(typeof q.damp_percent === 'number' ? { damp_percent: q.damp_percent } : {}),
     ...(typeof q.true_sequential === 'boolean' ? { true_sequential: q.true_sequential } : {}),
+    ...(typeof q.llm_int8_threshold === 'number' ? { llm_int8_threshold: q.llm_int8_threshold } : {}),
     llmctl_method: typeof q.llmctl_method === 'string' ? q.llmctl_method : method,
     ...(q.llmctl_awq_alpha && typeof q.llmctl_awq_alpha === 'object' ? { llmctl_awq_alpha: q.llmctl_awq_alpha as Record<string, number> } : {}),
   };
@@ -109,11 +114,17 @@ export function unpackInt8(packed: Int32Array, out: number, inn: number): Int8Ar
 }
 
 export function int8Tensors(m: string, x: Int8Weight): Params {
+  const o = x.outliers;
   return {
     [`${m}.qweight`]: tf.tensor2d(packInt8(x.q, x.out, x.in), [Math.ceil(x.in / 4), x.out], 'int32'),
     [`${m}.weight_scale`]: tf.tensor1d(x.scale, 'float32'),
+    // In memory the outlier weights are rows of the [in, out] matrix: [n, out].
+    ...(o ? { [`${m}.outlier_idx`]: tf.tensor1d(o.idx, 'int32'), [`${m}.outlier_weight`]: tf.tidy(() => tf.transpose(tf.tensor2d(o.w, [x.out, o.idx.length]))) } : {}),
   };
 }
+
+/** Suffixes of the in-memory tensors of a packed module. */
+export const PACKED_SUFFIX = /\.(qweight|qzeros|scales|g_idx|weight_scale|outlier_idx|outlier_weight)$/;
 
 /** Module names (without .weight) that are quantized in a params map. */
 export function quantizedModules(p: Params): string[] {
@@ -137,6 +148,11 @@ export function dequantizeModule(p: Params, m: string, inn: number): Float32Arra
     for (let c = 0; c < inn; c++) {
       const row = (c >> 2) * out, shift = 24 - (c & 3) * 8;
       for (let j = 0; j < out; j++) w[c * out + j] = ((words[row + j]! << shift) >> 24) * s[j]!;
+    }
+    const idx = p[`${m}.outlier_idx`];
+    if (idx) {
+      const rows = p[`${m}.outlier_weight`]!.dataSync() as Float32Array;
+      (idx.dataSync() as Int32Array).forEach((c, k) => w.set(rows.subarray(k * out, (k + 1) * out), c * out));
     }
     return w;
   }
@@ -163,7 +179,7 @@ export function dequantizeParams(p: Params, shapes: Record<string, number[]>): P
   const out: Params = {};
   const quantized = new Set(quantizedModules(p));
   for (const [name, t] of Object.entries(p)) {
-    const m = name.replace(/\.(qweight|qzeros|scales|g_idx|weight_scale)$/, '');
+    const m = name.replace(PACKED_SUFFIX, '');
     if (quantized.has(m) && m !== name) continue;
     out[name] = tf.clone(t);
   }
@@ -185,9 +201,20 @@ export function quantizedFileRecords(p: Params, m: string, inn: number, f: strin
   const out = qw.shape[1]!;
   const int8Scale = p[`${m}.weight_scale`];
   if (int8Scale) {
+    const idx = p[`${m}.outlier_idx`];
+    const outliers = (): Record<string, TensorData> => {
+      const ow = tf.tidy(() => tf.transpose(p[`${m}.outlier_weight`]!)); // file: [out, n]
+      const rec: Record<string, TensorData> = {
+        [`${f}.outlier_idx`]: { dtype: 'I32', shape: [idx!.size], data: Int32Array.from(idx!.dataSync() as Int32Array) },
+        [`${f}.outlier_weight`]: { dtype: 'F32', shape: ow.shape.slice(), data: Float32Array.from(ow.dataSync() as Float32Array) },
+      };
+      ow.dispose();
+      return rec;
+    };
     return {
       [`${f}.weight`]: { dtype: 'I8', shape: [out, inn], data: unpackInt8(qw.dataSync() as Int32Array, out, inn) },
       [`${f}.weight_scale`]: { dtype: 'F32', shape: [out], data: Float32Array.from(int8Scale.dataSync() as Float32Array) },
+      ...(idx ? outliers() : {}),
     };
   }
   const rec = (name: string, dtype: 'I32', t: tf.Tensor): TensorData => ({ dtype, shape: t.shape.slice(), data: Int32Array.from(t.dataSync() as Int32Array) });
@@ -217,7 +244,20 @@ export function loadQuantizedModule(m: string, f: string, inn: number, out: numb
     const s = need('weight_scale', ['F32', 'F16'], [out]);
     const scale = toFloat32(s);
     if (!scale.every((v) => Number.isFinite(v))) throw new Error(`${where}: '${f}.weight_scale' holds non-finite values`);
-    return int8Tensors(m, { out, in: inn, q: w.data as Int8Array, scale: Float32Array.from(scale) });
+    const idx = take(`${f}.outlier_idx`), ow = take(`${f}.outlier_weight`);
+    if (!idx !== !ow) throw new Error(`${where}: '${f}.${idx ? 'outlier_weight' : 'outlier_idx'}' is missing (outlier columns need both)`);
+    let outliers: Int8Weight['outliers'];
+    if (idx && ow) {
+      if (idx.dtype !== 'I32' || idx.shape.length !== 1) throw new Error(`${where}: '${f}.outlier_idx' must be I32 [n]`);
+      const n = idx.shape[0]!;
+      if (ow.dtype !== 'F32' || ow.shape.join(',') !== `${out},${n}`) throw new Error(`${where}: '${f}.outlier_weight' has shape [${ow.shape}] (${ow.dtype}), expected F32 [${out},${n}]`);
+      const cols = idx.data as Int32Array;
+      cols.forEach((c, k) => {
+        if (c < 0 || c >= inn || (k > 0 && c <= cols[k - 1]!)) throw new Error(`${where}: '${f}.outlier_idx'[${k}] = ${c}: indices must be increasing input columns 0..${inn - 1}`);
+      });
+      outliers = { idx: cols, w: ow.data as Float32Array };
+    }
+    return int8Tensors(m, { out, in: inn, q: w.data as Int8Array, scale: Float32Array.from(scale), ...(outliers ? { outliers } : {}) });
   }
   const G = numGroups(inn, q.group_size);
   const qweight = need('qweight', ['I32'], [Math.ceil(inn / 8), out]);
