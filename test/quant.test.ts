@@ -43,7 +43,7 @@ describe('round to nearest', () => {
     const d = dequantizeInt8(x);
     assert.equal(d[1], 100);
     assert.equal(d[4], -2);
-    assert.equal(d[0], 50 * Math.fround(1.27 / 127));
+    assert.equal(d[0], Math.fround(50 * Math.fround(1.27 / 127)));
   });
 
   test('int8 error ≤ scale/2 per element on random weights', () => {
