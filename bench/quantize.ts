@@ -115,11 +115,12 @@ for (const m of models()) {
   disposeParams(floatParams);
   let floatSize = 0, floatPpl = 0;
   for (const [label, settings] of m.methods) {
-    const t0 = performance.now();
     const s = settings ? { ...BASE, ...settings } : null;
-    const q = s ? quantizeModel(m.params(), m.config, s, m.calib) : null;
+    const fresh = m.params(); // not timed: the large model's random init alone takes about a minute
+    const t0 = performance.now();
+    const q = s ? quantizeModel(fresh, m.config, s, m.calib) : null;
     const quantizeS = (performance.now() - t0) / 1000;
-    const params = q ? q.params : m.params();
+    const params = q ? q.params : fresh;
     const dir = join(TMP, label.replace(/\W+/g, '-'));
     await saveCheckpoint(dir, { config: m.config, params, tokenizer: m.tokenizer, stage: 'bench', stageConfig: {}, quantization: q?.quantization });
     const size = statSync(join(dir, MODEL_FILE)).size;
