@@ -23,6 +23,8 @@ import { assertFinite, prepareToLoad } from './verify.js';
 import { type Manifest, type TrainerState, createManifest, readJson, readManifest, readTrainerState, writeJson, writeManifest, writeTrainerState } from './manifest.js';
 import { type HostTensor, fromFileTensors, hfConfig, hfGenerationConfig, modelConfigFromJson, toHfTensors } from './hf-names.js';
 import { type TensorData, readSafetensors, toFloat32, writeSafetensors } from './safetensors.js';
+import { floatParams, quantizedModelRecords, readQuantizationConfig, readQuantizedModel } from '../quant/checkpoint.js';
+import { type QuantizationConfig, quantizedModules } from '../quant/tensors.js';
 
 export const MODEL_FILE = 'model.safetensors';
 export const MODEL_INDEX_FILE = 'model.safetensors.index.json';
@@ -61,6 +63,8 @@ export interface SaveOptions {
    * model's `score.weight` [1, n_embd], as *ForSequenceClassification); config.json then names that class.
    */
   heads?: Record<string, tf.Tensor>;
+  /** Params hold packed quantized modules (src/quant/tensors.ts): written as config.json's quantization_config. */
+  quantization?: QuantizationConfig;
 }
 
 /** Heads a checkpoint may carry besides the transformer: name → shape. */
@@ -110,7 +114,7 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
       closeOutputDir(dir);
     }
   }
-  const weights = o.skipModel ? undefined : { ...(await modelTensorData(o.config, o.params)), ...(await toTensorData(o.heads ?? {})) };
+  const weights = o.skipModel ? undefined : { ...(await modelRecords(o)), ...(await toTensorData(o.heads ?? {})) };
   const optimizer = o.trainer ? await toTensorData(o.trainer.optimizer) : undefined;
   for (const [what, tensors] of [['weights', weights], ['optimizer state', optimizer]] as const) {
     for (const [name, t] of Object.entries(tensors ?? {})) assertFinite(`${dir}: not saving ${what}`, name, t.data as Float32Array);
@@ -119,7 +123,7 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
   const parent = o.parentDir ? { path: o.parentDir, sha256: existsSync(join(o.parentDir, 'manifest.json')) ? await sha256File(join(o.parentDir, 'manifest.json')) : '' } : null;
   await writeDirAtomic(dir, async (tmp) => {
     const files = [CONFIG_FILE];
-    writeJson(join(tmp, CONFIG_FILE), configJson(o.config, o.tokenizer, Object.keys(o.heads ?? {})));
+    writeJson(join(tmp, CONFIG_FILE), { ...configJson(o.config, o.tokenizer, Object.keys(o.heads ?? {})), ...(o.quantization ? { quantization_config: o.quantization } : {}) });
     const imEnd = o.tokenizer.tokenToId(IM_END);
     writeJson(join(tmp, GENERATION_CONFIG_FILE), hfGenerationConfig({ bos: o.tokenizer.bosId, eos: o.tokenizer.eosId, pad: o.tokenizer.padId, stop: imEnd === undefined ? [] : [imEnd] }));
     files.push(GENERATION_CONFIG_FILE);
@@ -149,6 +153,13 @@ export async function saveCheckpoint(dir: string, o: SaveOptions): Promise<void>
   }, { expectedBytes });
 }
 
+/** model.safetensors records: float tensors as [out, in] linear weights, quantized modules as src/quant/tensors.ts writes them. */
+async function modelRecords(o: SaveOptions): Promise<Record<string, TensorData>> {
+  if (!quantizedModules(o.params).length) return modelTensorData(o.config, o.params);
+  if (!o.quantization) throw new Error('saveCheckpoint: params hold quantized modules but no quantization config was given');
+  return quantizedModelRecords(o.config, o.params, await toHost(floatParams(o.params)));
+}
+
 function extraFiles(tmp: string, known: string[]): string[] {
   return ['adapter_config.json', 'adapter_model.safetensors', 'value_head.safetensors', 'ref_logps.safetensors'].filter((f) => !known.includes(f) && existsSync(join(tmp, f)));
 }
@@ -162,6 +173,8 @@ export interface LoadedCheckpoint {
   manifest: Manifest | undefined;
   /** Task heads (e.g. `score.weight`), only when loadCheckpoint was asked for them. */
   heads?: Record<string, tf.Tensor>;
+  /** Set when the weights are quantized (params then hold packed modules; see src/quant/tensors.ts). */
+  quantization?: QuantizationConfig;
 }
 
 /** The model config of a checkpoint dir: the project's fields, or Hugging Face's (hf-names.ts). */
@@ -226,11 +239,13 @@ export function loadCheckpoint(dir: string, o: { heads?: boolean } = {}): Loaded
   prepareToLoad(dir); // before the existence check: a crash mid-save may have left it aside
   if (!existsSync(dir)) throw new Error(`${dir}: checkpoint directory not found`);
   const config = readModelConfig(dir);
+  const quantization = readQuantizationConfig(dir);
   const heads: Record<string, tf.Tensor> = {};
-  const params = readModelParams(dir, config, o.heads ? heads : undefined);
+  // A quantized checkpoint: packed modules (checked against config.json and quantization_config), the rest as usual.
+  const params = quantization ? readQuantizedModel(readModelFiles(dir), config, quantization) : readModelParams(dir, config, o.heads ? heads : undefined);
   const tokenizer = Tokenizer.load(dir);
   const manifest = existsSync(join(dir, 'manifest.json')) ? readManifest(dir) : undefined;
-  return { dir, config, params, tokenizer, manifest, ...(o.heads ? { heads } : {}) };
+  return { dir, config, params, tokenizer, manifest, ...(o.heads ? { heads } : {}), ...(quantization ? { quantization } : {}) };
 }
 
 /**

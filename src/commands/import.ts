@@ -4,6 +4,8 @@ import { disposeParams, saveCheckpoint } from '../checkpoint/model.js';
 import { ImportConfigSchema } from '../config/convert.js';
 import { countParams } from '../model/gpt.js';
 import { importLlama2c } from '../model/llama2c.js';
+import { fromGguf } from '../quant/gguf-model.js';
+import { readGguf } from '../quant/gguf.js';
 import { type GlobalArgs, InputError, handler, loadStageConfig, printSummary, startBackend } from './common.js';
 
 type Args = GlobalArgs & { format?: string; model?: string; tokenizer?: string; out?: string; overwrite: boolean };
@@ -12,8 +14,8 @@ export const importCommand: CommandModule<GlobalArgs, Args> = {
   command: 'import',
   builder: (y) =>
     y
-      .option('format', { type: 'string', choices: ['llama2c', 'hf'], describe: 'source format: llama2c (default) or hf (a Hugging Face Llama-family / GPT-2 directory)' })
-      .option('model', { type: 'string', describe: 'llama2.c model .bin, or a Hugging Face model directory (--format hf)' })
+      .option('format', { type: 'string', choices: ['llama2c', 'hf', 'gguf'], describe: 'source format: llama2c (default), hf (a Hugging Face Llama-family / GPT-2 directory) or gguf' })
+      .option('model', { type: 'string', describe: 'llama2.c model .bin, a Hugging Face model directory (--format hf), or a .gguf file (llama / gpt2; f32, f16, q8_0, q4_0)' })
       .option('tokenizer', { type: 'string', describe: 'llama2.c tokenizer .bin (e.g. tok512.bin); --format llama2c only' })
       .option('out', { type: 'string', describe: 'checkpoint directory to write' })
       .option('overwrite', { type: 'boolean', default: false, describe: 'replace a checkpoint already in --out' })
@@ -27,6 +29,7 @@ export const importCommand: CommandModule<GlobalArgs, Args> = {
     let m;
     try {
       if (cfg.format === 'hf') m = importHf(cfg.model);
+      else if (cfg.format === 'gguf') m = fromGguf(readGguf(cfg.model), cfg.model);
       else {
         if (!cfg.tokenizer) throw new Error('--tokenizer: required with --format llama2c');
         m = importLlama2c(cfg.model, cfg.tokenizer);

@@ -23,5 +23,7 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'dpo', describe: 'direct preference optimization (sigmoid / ipo / hinge) of an SFT checkpoint against a frozen reference', load: async () => (await import('./dpo.js')).dpoCommand },
   { name: 'ppo', describe: 'RLHF: PPO (value head, KL penalty) or GRPO against a reward model or a rule reward', load: async () => (await import('./ppo.js')).ppoCommand },
   { name: 'serve', describe: 'OpenAI-compatible HTTP server: continuous batching over a paged KV cache, LoRA adapters, metrics', load: async () => (await import('./serve.js')).serveCommand },
+  { name: 'quantize', describe: 'quantize a checkpoint: int8, int4 (RTN), GPTQ or AWQ; the result loads everywhere a checkpoint does', load: async () => (await import('./quantize.js')).quantizeCommand },
+  { name: 'export', describe: 'write a checkpoint as GGUF (f32, f16, q8_0, q4_0) for llama.cpp, Ollama, LM Studio', load: async () => (await import('./export.js')).exportCommand },
   { name: 'pipeline', describe: 'run several stages in order, each reading the checkpoint the previous one wrote', load: async () => (await import('./pipeline.js')).pipelineCommand },
 ];

@@ -2,7 +2,7 @@
 import { z } from 'zod';
 
 export const ImportConfigSchema = z.strictObject({
-  format: z.enum(['llama2c', 'hf']).default('llama2c'),
+  format: z.enum(['llama2c', 'hf', 'gguf']).default('llama2c'),
   /** llama2.c model .bin, or a Hugging Face model directory (format hf) */
   model: z.string().min(1),
   /** llama2.c tokenizer .bin (e.g. tok512.bin); format llama2c only */

@@ -9,6 +9,7 @@
  * `<name>.lora_A/B` when present, so no layer needs to know about fine-tuning.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { dequantizeLinear } from '../quant/tensors.js';
 import { writeRows } from '../backend/native.js';
 import * as fused from './kernels.js';
 import { bmm, embedding, fastDropout, linear as linearKernel, loraDelta, matmul, matmulFrozen, nativeOps, oneHotFloat } from './kernels.js';
@@ -129,6 +130,8 @@ export interface ForwardOptions {
   leftPad?: number[];
   /** Paged KV cache (serve): the tokens are one flat row [1, N] of several sequences; see PagedAttention. */
   paged?: PagedAttention;
+  /** Called with the input of every linear layer (quantization calibration reads them). */
+  onLinearInput?: (module: string, x: tf.Tensor2D) => void;
 }
 
 export interface KVCache {
@@ -156,7 +159,9 @@ export function disposeCache(cache: KVCache): void {
 
 /** x [N, in] @ W [in, out] + b, plus the LoRA update (x @ A) @ B * scale when the adapter is present. */
 function linear(p: Params, name: string, x: tf.Tensor2D, opts: ForwardOptions): tf.Tensor2D {
-  const w = p[`${name}.weight`] as tf.Tensor2D, b = p[`${name}.bias`] as tf.Tensor1D | undefined;
+  opts.onLinearInput?.(name, x);
+  // A quantized module holds packed integers instead of `.weight`: dequantized here, freed with this forward's tidy.
+  const w = (p[`${name}.weight`] ?? dequantizeLinear(p, name, x.shape[1])) as tf.Tensor2D, b = p[`${name}.bias`] as tf.Tensor1D | undefined;
   let y: tf.Tensor2D;
   if (opts.freezeBase) y = b ? (tf.add(matmulFrozen(x, w), b) as tf.Tensor2D) : matmulFrozen(x, w); // no dW, no db
   else y = b ? linearKernel(x, w, b) : matmul(x, w);
@@ -361,7 +366,9 @@ function cacheLayer(cache: KVCache, layer: number, B: number, c: ModelConfig): [
  */
 function fusedBlock(p: Params, i: number, x: tf.Tensor2D, B: number, T: number, c: ModelConfig, o: ForwardOptions): tf.Tensor2D | undefined {
   const h = `h.${i}`;
-  if (!o.cache || !nativeOps() || o.training) return undefined;
+  // Left-padded rows (per-row positions), paged caches and quantized weights (packed, no `.weight`) take the per-op path.
+  if (!o.cache || !nativeOps() || o.training || o.leftPad || o.paged) return undefined;
+  if (!p[`${h}.attn.q_proj.weight`] || !p[`${h}.mlp.down_proj.weight`] || !p[`${h}.mlp.up_proj.weight`]) return undefined;
   const names = { ln1w: `${h}.ln_1.weight`, ln1b: `${h}.ln_1.bias`, wq: `${h}.attn.q_proj.weight`, bq: `${h}.attn.q_proj.bias`, wk: `${h}.attn.k_proj.weight`,
     bk: `${h}.attn.k_proj.bias`, wv: `${h}.attn.v_proj.weight`, bv: `${h}.attn.v_proj.bias`, wo: `${h}.attn.o_proj.weight`, bo: `${h}.attn.o_proj.bias`,
     ln2w: `${h}.ln_2.weight`, ln2b: `${h}.ln_2.bias`, wg: `${h}.mlp.gate_proj.weight`, bg: `${h}.mlp.gate_proj.bias`, wu: `${h}.mlp.up_proj.weight`,

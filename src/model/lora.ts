@@ -161,7 +161,7 @@ export function checkAdapterTargets(base: Params, lora: Params, adapterDir: stri
       continue;
     }
     const module = name.replace(/\.lora_[AB]$/, '');
-    if (!base[`${module}.weight`]) throw new Error(`${adapterDir}: adapter targets '${module}', which ${baseDir} does not have`);
+    if (!base[`${module}.weight`] && !base[`${module}.qweight`]) throw new Error(`${adapterDir}: adapter targets '${module}', which ${baseDir} does not have`);
   }
 }
 

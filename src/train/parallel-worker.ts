@@ -19,7 +19,7 @@ const message = (err: unknown) => (err instanceof Error ? err.message : String(e
 
 try {
   await initBackend(spec.backend as BackendName);
-  const frozen: Params = Object.fromEntries(Object.entries(spec.frozen).map(([k, t]) => [k, tf.tensor(t.data, t.shape, 'float32')]));
+  const frozen: Params = Object.fromEntries(Object.entries(spec.frozen).map(([k, t]) => [k, tf.tensor(t.data, t.shape, t.data instanceof Int32Array ? 'int32' : 'float32') /* a quantized base's packed words are int32 */]));
   const vars: Record<string, tf.Variable> = Object.fromEntries(
     Object.entries(spec.trainable).map(([k, shape]) => [k, tf.variable(tf.zeros(shape), true, k)]),
   );

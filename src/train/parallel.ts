@@ -25,7 +25,7 @@ export interface WireForwardOptions {
   freezeBase?: boolean;
 }
 
-export interface WireTensor<D extends Float32Array | Int32Array = Float32Array> {
+export interface WireTensor<D extends Float32Array | Int32Array = Float32Array | Int32Array> {
   shape: number[];
   data: D;
 }
@@ -150,7 +150,7 @@ export class WorkerPool<B> {
       backend,
       model: opts.model,
       forward: opts.forward,
-      frozen: Object.fromEntries(Object.entries(opts.frozen ?? {}).filter(([k]) => !(k in params)).map(([k, t]) => [k, { shape: t.shape.slice(), data: t.dataSync() as Float32Array }])),
+      frozen: Object.fromEntries(Object.entries(opts.frozen ?? {}).filter(([k]) => !(k in params)).map(([k, t]) => [k, { shape: t.shape.slice(), data: t.dataSync() as Float32Array | Int32Array }])),
       trainable: Object.fromEntries(Object.entries(params).map(([k, v]) => [k, v.shape.slice()])),
     };
     const pool = new WorkerPool<B>([], opts, params);

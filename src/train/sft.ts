@@ -28,7 +28,8 @@ import {
   sftBatchSource,
   tokenizeSft,
 } from '../data/sft.js';
-import { type ForwardOptions, type ModelConfig, type Params, countParams } from '../model/gpt.js';
+import { type ForwardOptions, type ModelConfig, type Params, countParams, paramShapes } from '../model/gpt.js';
+import { dequantizeParams } from '../quant/tensors.js';
 import { setupChatFormat } from '../model/chat-format.js';
 import { type LoraConfig, alignBaseToAdapter, checkAdapterTargets, initLora, loadAdapter, loraScale, mergeAdapter, saveAdapter, targetModules } from '../model/lora.js';
 import type { Tokenizer } from '../tokenizer/index.js';
@@ -160,6 +161,7 @@ async function sftRun(cfg: SftConfig, o: FinetuneOptions, resumeDir: string | un
   const { config, tokenizer } = ck;
   let data: SftData;
   try {
+    if (loaded.quantization) throw new Error(`${loaded.dir}: is quantized (${loaded.quantization.llmctl_method}); full fine-tuning needs float weights — train a LoRA adapter over it instead (QLoRA: llmctl lora with base: ${loaded.dir})`);
     data = loadSftData(cfg.data, tokenizer, config.n_ctx, loaded.dir);
   } catch (err) {
     disposeParams(ck.params);
@@ -315,7 +317,10 @@ export async function mergeLora(o: { base?: string; adapter: string; out: string
   }
   try {
     checkAdapterTargets(ck.params, adapterParams, o.adapter, `the base model ${baseDir}`);
-    const merged = mergeAdapter(ck.params, adapterParams, loraScale(acfg));
+    // A quantized base (QLoRA) merges into its dequantized weights: the result is a float checkpoint.
+    const base = ck.quantization ? dequantizeParams(ck.params, paramShapes(ck.config)) : ck.params;
+    const merged = mergeAdapter(base, adapterParams, loraScale(acfg));
+    if (base !== ck.params) disposeParams(base);
     try {
       await saveCheckpoint(o.out, {
         config: ck.config,
