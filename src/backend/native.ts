@@ -293,6 +293,10 @@ export function enableNativeKernels(): boolean {
     return true;
   }
   if (tf.getBackend() !== 'wasm' || !loadNative()) return false;
+  if (!(heap(tf.backend() as unknown as WasmBackend) instanceof ArrayBuffer)) {
+    loadError = 'the WASM heap is a SharedArrayBuffer (threaded WASM build); the addon reads plain ArrayBuffers';
+    return false;
+  }
   registerAll();
   registered = true;
   enabled = true;
