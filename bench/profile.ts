@@ -1,7 +1,7 @@
 /**
  * Kernel profile of one training step and one decoded token: kernel count and wall time per kernel name.
  *
- *   node --import tsx bench/profile.ts [--config small|large] [--decode]
+ *   node --import tsx bench/profile.ts [--config small|large] [--steps 5] [--decode]
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { parseArgs } from 'node:util';
@@ -13,7 +13,7 @@ import { crossEntropy } from '../src/train/losses.js';
 import { AdamW, clipGradNorm } from '../src/train/adamw.js';
 import { STORIES_BIN, TOK512_PATH } from '../test/paths.js';
 
-const { values: args } = parseArgs({ options: { config: { type: 'string', default: 'small' }, decode: { type: 'boolean', default: false } } });
+const { values: args } = parseArgs({ options: { config: { type: 'string', default: 'small' }, decode: { type: 'boolean', default: false }, steps: { type: 'string', default: '5' } } });
 const info = await initBackend('wasm');
 console.log(info.detail);
 
@@ -52,9 +52,10 @@ if (!args.decode) {
   const prof = await tf.profile(step);
   table(prof.kernels, `train step ${args.config}`, performance.now() - t0);
   const t1 = performance.now(), c1 = process.cpuUsage();
-  for (let i = 0; i < 5; i++) step();
+  const n = Number(args.steps);
+  for (let i = 0; i < n; i++) step();
   const cpu = process.cpuUsage(c1);
-  console.log(`unprofiled step: ${((performance.now() - t1) / 5).toFixed(1)} ms wall, ${((cpu.user + cpu.system) / 1000 / 5).toFixed(1)} ms cpu`);
+  console.log(`unprofiled step: ${((performance.now() - t1) / n).toFixed(1)} ms wall, ${((cpu.user + cpu.system) / 1000 / n).toFixed(1)} ms cpu`);
 } else {
   const model = importLlama2c(STORIES_BIN, TOK512_PATH);
   const cache = emptyCache(model.config);

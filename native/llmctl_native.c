@@ -101,9 +101,15 @@ static void parallel(task_fn fn, void *ctx, int want) {
  * C[M,N] = op(A)[M,K] · op(B)[K,N] (+ beta·C) (+ bias[N]), BLIS-style: B packed into NR-wide panels, A into
  * MR-high panels, a register-blocked micro-kernel. beta is 0 (overwrite; C is not read) or 1 (accumulate). */
 #define MR 6
-#define KC 256
-#define MC 96
-#define NC 1024
+#ifndef KC
+#define KC 512
+#endif
+#ifndef MC
+#define MC 120
+#endif
+#ifndef NC
+#define NC 768
+#endif
 
 typedef void (*ukr_fn)(long kc, const float *A, const float *B, float *C, long ldc, int mr, int nr, float beta, const float *bias);
 

@@ -48,6 +48,7 @@ interface WasmBackend {
   dataIdMap: { get(id: object): WasmData };
   wasm: { HEAPU8: Uint8Array };
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  incRef(dataId: object): void;
 }
 
 let addon: NativeAddon | undefined;
@@ -164,6 +165,13 @@ function matmul(be: WasmBackend, a: tf.TensorInfo, b: tf.TensorInfo, ta: boolean
 }
 
 function registerAll(): void {
+  // tf.clone, and so every tensor a custom gradient saves, runs Identity, which on WASM copies the data (~150
+  // copies per training step). Tensors are immutable, so a clone can share the data, as Reshape does.
+  override('Identity', (be, { x }) => {
+    if (x!.dtype === 'string') return undefined;
+    be.incRef(x!.dataId);
+    return { dataId: x!.dataId, shape: x!.shape, dtype: x!.dtype };
+  });
   override('BatchMatMul', (be, { a, b }, attrs) => matmul(be, a!, b!, Boolean(attrs.transposeA), Boolean(attrs.transposeB)));
   override('_FusedMatMul', (be, { a, b, bias, preluActivationWeights }, attrs) =>
     attrs.activation === 'linear' && !preluActivationWeights ? matmul(be, a!, b!, Boolean(attrs.transposeA), Boolean(attrs.transposeB), bias) : undefined);
@@ -285,6 +293,10 @@ export function enableNativeKernels(): boolean {
     return true;
   }
   if (tf.getBackend() !== 'wasm' || !loadNative()) return false;
+  if (!(heap(tf.backend() as unknown as WasmBackend) instanceof ArrayBuffer)) {
+    loadError = 'the WASM heap is a SharedArrayBuffer (threaded WASM build); the addon reads plain ArrayBuffers';
+    return false;
+  }
   registerAll();
   registered = true;
   enabled = true;
