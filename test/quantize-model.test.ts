@@ -231,6 +231,15 @@ describe('bad quantization metadata', () => {
     const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
     f(cfg.quantization_config);
     writeFileSync(join(dir, 'config.json'), JSON.stringify(cfg));
+    return rehash(dir);
+  };
+  // Re-hash the manifest, as a file made by another tool (or an old llmctl) would be consistent with its own
+  // files: the quantization checks must catch what the integrity check cannot.
+  const rehash = async (dir: string) => {
+    const { hashDir } = await import('../src/checkpoint/dir.js');
+    const { readManifest, writeManifest } = await import('../src/checkpoint/manifest.js');
+    const m = readManifest(dir);
+    writeManifest(dir, { ...m, files: await hashDir(dir, Object.keys(m.files)) });
     return dir;
   };
   const editTensors = (f: (t: ReturnType<typeof readSafetensors>['tensors']) => void) => {
@@ -240,9 +249,9 @@ describe('bad quantization metadata', () => {
     const copy = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, { ...t, data: t.data.slice() }]));
     f(copy);
     writeSafetensors(join(dir, MODEL_FILE), copy);
-    return dir;
+    return rehash(dir);
   };
-  const cases: Array<[string, () => string, RegExp]> = [
+  const cases: Array<[string, () => Promise<string>, RegExp]> = [
     ['bits 3', () => editConfig((q) => (q.bits = 3)), /config\.json: quantization_config\.bits: gptq checkpoints here are 4-bit, got 3/],
     ['unknown quant_method', () => editConfig((q) => (q.quant_method = 'exl2')), /quantization_config\.quant_method: expected "gptq" or "int8", got "exl2"/],
     ['group_size that does not match the tensors', () => editConfig((q) => (q.group_size = 8)), /model\.safetensors: 'model\.layers\.0\.self_attn\.q_proj\.qzeros' has shape \[2,4\] but config\.json and quantization_config imply \[4,4\]/],
@@ -255,14 +264,14 @@ describe('bad quantization metadata', () => {
     }), /model\.safetensors: config\.json has a quantization_config but no module is stored quantized/],
   ];
   for (const [what, make, re] of cases) {
-    test(`${what}: one error naming the file and field`, () => {
-      const dir = make();
+    test(`${what}: one error naming the file and field`, async () => {
+      const dir = await make();
       assert.throws(() => loadCheckpoint(dir), (e: Error) => re.test(e.message) && e.message.includes(dir) && !e.message.includes('\n'));
     });
   }
 
-  test('the CLI prints that one line and exits 2', () => {
-    const dir = editConfig((q) => (q.sym = 'yes'));
+  test('the CLI prints that one line and exits 2', async () => {
+    const dir = await editConfig((q) => (q.sym = 'yes'));
     const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/main.ts', 'generate', '--checkpoint', dir, '--prompt', 'to', '--log-level', 'silent'], { cwd: REPO, encoding: 'utf8' });
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr.trim(), /^llmctl generate: \S+config\.json: quantization_config\.sym: expected true or false, got "yes"$/);
