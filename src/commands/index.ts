@@ -18,5 +18,6 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'import', describe: 'convert an external model (llama2.c .bin + tok.bin) into a checkpoint directory', load: async () => (await import('./import.js')).importCommand },
   { name: 'sft', describe: 'full instruction fine-tuning on Alpaca / chat JSONL (loss on assistant tokens only)', load: async () => (await import('./sft.js')).sftCommand },
   { name: 'lora', describe: 'LoRA fine-tuning (train an adapter), or `lora merge` to fold an adapter into its base', load: async () => (await import('./lora.js')).loraCommand },
+  { name: 'eval', describe: 'benchmarks as lm-evaluation-harness (MMLU, HellaSwag, ARC, TruthfulQA, GSM8K, HumanEval, perplexity)', load: async () => (await import('./eval.js')).evalCommand },
   { name: 'pipeline', describe: 'run several stages in order, each reading the checkpoint the previous one wrote', load: async () => (await import('./pipeline.js')).pipelineCommand },
 ];
