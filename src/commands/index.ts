@@ -19,5 +19,6 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'sft', describe: 'full instruction fine-tuning on Alpaca / chat JSONL (loss on assistant tokens only)', load: async () => (await import('./sft.js')).sftCommand },
   { name: 'lora', describe: 'LoRA fine-tuning (train an adapter), or `lora merge` to fold an adapter into its base', load: async () => (await import('./lora.js')).loraCommand },
   { name: 'eval', describe: 'benchmarks as lm-evaluation-harness (MMLU, HellaSwag, ARC, TruthfulQA, GSM8K, HumanEval, perplexity)', load: async () => (await import('./eval.js')).evalCommand },
+  { name: 'arena', describe: 'side-by-side ratings: models answer prompts, a judge (reward model, human, battles file) decides, Elo / Bradley–Terry', load: async () => (await import('./arena.js')).arenaCommand },
   { name: 'pipeline', describe: 'run several stages in order, each reading the checkpoint the previous one wrote', load: async () => (await import('./pipeline.js')).pipelineCommand },
 ];

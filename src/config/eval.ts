@@ -21,6 +21,8 @@ export const EvalConfigSchema = z.strictObject({
   share_context: z.boolean().default(true),
   /** Perplexity: window stride in tokens (default: the context length, i.e. disjoint windows). */
   stride: z.int().positive().optional(),
+  /** Perplexity: score only the last N bytes of each text (e.g. the held-out tail prepare's val split takes). */
+  perplexity_tail_bytes: z.int().positive().optional(),
   log_samples: z.boolean().default(false),
   /** Results JSON path; samples_<task>.jsonl go beside it. */
   out: z.string().min(1).optional(),

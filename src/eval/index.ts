@@ -55,7 +55,7 @@ export async function runEval(cfg: EvalConfig): Promise<EvalOutput> {
   const { model, scale, dispose } = loadForInference(cfg.checkpoint, cfg.adapter);
   try {
     const run = await evaluate(model, tasks, {
-      numFewshot: cfg.num_fewshot, limit: cfg.limit, batchSize: cfg.batch_size, shareContext: cfg.share_context, stride: cfg.stride,
+      numFewshot: cfg.num_fewshot, limit: cfg.limit, batchSize: cfg.batch_size, shareContext: cfg.share_context, stride: cfg.stride, tailBytes: cfg.perplexity_tail_bytes,
       logSamples: cfg.log_samples, forward: scale !== undefined ? { loraScale: scale } : undefined, contamination: index,
       humaneval: { samples: cfg.humaneval.samples, k: cfg.humaneval.k, temperature: cfg.humaneval.temperature, topP: cfg.humaneval.top_p, seed: cfg.humaneval.seed, maxTokens: cfg.humaneval.max_tokens },
       gsm8kMaxTokens: cfg.gsm8k.max_tokens,

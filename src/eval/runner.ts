@@ -25,6 +25,8 @@ export interface EvalOptions {
   shareContext: boolean;
   /** Perplexity window stride in tokens (default n_ctx: disjoint windows). */
   stride?: number;
+  /** Perplexity: only the last N bytes of each text. */
+  tailBytes?: number;
   humaneval: { samples: number; k: number[]; temperature: number; topP: number; seed: number; maxTokens?: number };
   gsm8kMaxTokens?: number;
   sandbox: SandboxOptions;
@@ -243,8 +245,9 @@ function rollingOutcome(model: LanguageModel, task: RollingTask, o: EvalOptions,
   const samples: Record<string, unknown>[] = [];
   const t0 = performance.now();
   for (const [i, d] of docs.entries()) {
-    const r = rollingLoglik(model, d.text, stride, o.batchSize, o.forward, stats);
-    const w = d.text.split(/\s+/).length, b = Buffer.byteLength(d.text);
+    const text = o.tailBytes ? tailBytes(d.text, o.tailBytes) : d.text;
+    const r = rollingLoglik(model, text, stride, o.batchSize, o.forward, stats);
+    const w = text.split(/\s+/).length, b = Buffer.byteLength(text);
     ll += r.ll; words += w; bytes += b; tokens += r.tokens;
     if (o.logSamples) samples.push({ doc_id: i, id: d.id, loglikelihood: r.ll, tokens: r.tokens, words: w, bytes: b });
   }
@@ -259,8 +262,17 @@ function rollingOutcome(model: LanguageModel, task: RollingTask, o: EvalOptions,
   return {
     name: task.name, version: task.version, kind: task.kind, numFewshot: 0, nOriginal: task.docs.length, nEffective: docs.length, metrics,
     higherIsBetter: { word_perplexity: false, byte_perplexity: false, bits_per_byte: false, token_perplexity: false },
-    promptHash: sha256(JSON.stringify(docs.map((d) => d.text))), samples, extra: { stride, tokens, words, bytes },
+    promptHash: sha256(JSON.stringify([docs.map((d) => d.text), o.tailBytes ?? null])), samples, extra: { stride, tail_bytes: o.tailBytes ?? null, tokens, words, bytes },
   };
+}
+
+/** The last `n` bytes of a text, starting at a character boundary. */
+export function tailBytes(text: string, n: number): string {
+  const buf = Buffer.from(text, 'utf8');
+  if (buf.length <= n) return text;
+  let start = buf.length - n;
+  while (start < buf.length && (buf[start]! & 0xc0) === 0x80) start++; // skip UTF-8 continuation bytes
+  return buf.subarray(start).toString('utf8');
 }
 
 // ------------------------------------------------------------------------------------ the runner
