@@ -15,7 +15,7 @@ export const EvalConfigSchema = z.strictObject({
   /** Overrides each task's default number of few-shot examples. */
   num_fewshot: z.int().nonnegative().optional(),
   /** Only the first N items of each task. */
-  limit: z.int().min(1, 'must be at least 1 (omit it to run every item)').optional(),
+  limit: z.int().min(1).optional(),
   batch_size: z.int().positive().default(8),
   /** Run a multiple-choice question's context once and reuse its KV cache for every choice. */
   share_context: z.boolean().default(true),
