@@ -5,16 +5,21 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../src/backend/index.js';
 import { sha256File } from '../src/checkpoint/dir.js';
+import { createManifest, writeManifest } from '../src/checkpoint/manifest.js';
 import { saveCheckpoint } from '../src/checkpoint/model.js';
 import { writeSafetensors } from '../src/checkpoint/safetensors.js';
+import { EvalConfigSchema } from '../src/config/eval.js';
 import { VALUE_HEAD_FILE, loadRewardModel } from '../src/eval/arena/judge.js';
+import { lineageCorpora } from '../src/eval/contamination.js';
+import { runEval } from '../src/eval/index.js';
+import { initLora, loraScale, mergeAdapter, saveAdapter } from '../src/model/lora.js';
 import { forward } from '../src/model/gpt.js';
 import { importLlama2c } from '../src/model/llama2c.js';
 import { REPO, STORIES_BIN, TOK512_PATH } from './paths.js';
@@ -82,6 +87,43 @@ describe('llmctl eval', () => {
       assert.match(said(r.stderr), message);
     });
   }
+});
+
+describe('eval of other checkpoint kinds', () => {
+  test('a LoRA adapter evaluates to the same numbers as the checkpoint with the adapter merged in', async () => {
+    const m = importLlama2c(STORIES_BIN, TOK512_PATH);
+    const lc = { r: 2, alpha: 4, dropout: 0, target_modules: ['q_proj', 'v_proj'] };
+    const lora = initLora(m.config, lc, 3);
+    for (const [k, t] of Object.entries(lora)) if (k.endsWith('lora_B')) { lora[k] = tf.randomNormal(t.shape, 0, 0.5, 'float32', 9); t.dispose(); }
+    const adapterDir = join(TMP, 'adapter'), mergedDir = join(TMP, 'merged');
+    mkdirSync(adapterDir, { recursive: true });
+    saveAdapter(adapterDir, lora, lc, CKPT);
+    await saveCheckpoint(mergedDir, { config: m.config, params: mergeAdapter(m.params, lora, loraScale(lc)), tokenizer: m.tokenizer, stage: 'lora-merge', stageConfig: {} });
+    const cfg = (over: Record<string, unknown>) => EvalConfigSchema.parse({ tasks: ['arc_easy'], data_dir: FIX, limit: 3, log_samples: false, ...over });
+    const viaAdapter = await runEval(cfg({ checkpoint: CKPT, adapter: adapterDir }));
+    const viaDir = await runEval(cfg({ checkpoint: adapterDir })); // an adapter directory names its base
+    const merged = await runEval(cfg({ checkpoint: mergedDir }));
+    const lls = async (c: Record<string, unknown>) => ((await runEval(cfg({ ...c, log_samples: true, out: join(TMP, `o${Math.random()}`, 'r.json') }))).run.tasks[0]!.samples as { filtered_resps: number[] }[]).flatMap((x) => x.filtered_resps);
+    const [a, b, c] = [await lls({ checkpoint: CKPT, adapter: adapterDir }), await lls({ checkpoint: mergedDir }), await lls({ checkpoint: CKPT })];
+    a.forEach((x, i) => assert.ok(Math.abs(x - b[i]!) < 1e-3, `adapter ${x} vs merged ${b[i]}`));
+    assert.ok(a.some((x, i) => Math.abs(x - c[i]!) > 1e-3), 'the adapter changes the log-likelihoods');
+    assert.deepEqual(viaAdapter.run.tasks[0]!.metrics, merged.run.tasks[0]!.metrics);
+    assert.deepEqual(viaDir.run.tasks[0]!.metrics, viaAdapter.run.tasks[0]!.metrics);
+  });
+
+  test('contamination data defaults to the training corpora named along the manifests\' lineage', async () => {
+    const corpus = join(TMP, 'corpus.txt'), sft = join(TMP, 'sft.jsonl'), tokens = join(TMP, 'tokens');
+    mkdirSync(tokens, { recursive: true });
+    writeFileSync(corpus, 'text');
+    writeFileSync(sft, '{"instruction": "x", "output": "y"}\n');
+    writeFileSync(join(tokens, 'meta.json'), JSON.stringify({ format: 'llmctl-tokens', dtype: 'uint16', vocab_size: 512, eos_id: 0, splits: { train: { shards: [], tokens: 0 }, val: { shards: [], tokens: 0 } }, sources: [{ path: corpus, bytes: 4 }, { path: join(TMP, 'gone.txt'), bytes: 1 }] }));
+    const fields = { metrics: {}, versions: { llmctl: '0', node: '0', tfjs: '0', backend: 'x' } };
+    const p = join(TMP, 'lin-pre'), f = join(TMP, 'lin-sft');
+    for (const d of [p, f]) mkdirSync(d, { recursive: true });
+    writeManifest(p, await createManifest(p, { ...fields, stage: 'pretrain', parent: null, config: { data: { dir: tokens } } }, []));
+    writeManifest(f, await createManifest(f, { ...fields, stage: 'sft', parent: { path: p, sha256: '' }, config: { data: { path: sft } } }, []));
+    assert.deepEqual(lineageCorpora(f), { files: [sft, corpus], missing: [join(TMP, 'gone.txt')] });
+  });
 });
 
 describe('llmctl arena', () => {
