@@ -1,7 +1,7 @@
 /**
  * `llmctl eval` and `llmctl arena` as a user runs them (child processes on src/main.ts): a results file in
  * lm-eval's shape with samples beside it, one-line errors with exit code 2 for bad input, and an arena judged
- * by a reward-model checkpoint (value_head.safetensors) that is read back and rated.
+ * by a reward-model checkpoint (score.weight, as llmctl rm writes it) that is read back and rated.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -14,9 +14,8 @@ import { initBackend } from '../src/backend/index.js';
 import { sha256File } from '../src/checkpoint/dir.js';
 import { createManifest, writeManifest } from '../src/checkpoint/manifest.js';
 import { saveCheckpoint } from '../src/checkpoint/model.js';
-import { writeSafetensors } from '../src/checkpoint/safetensors.js';
 import { EvalConfigSchema } from '../src/config/eval.js';
-import { VALUE_HEAD_FILE, loadRewardModel } from '../src/eval/arena/judge.js';
+import { SCORE_WEIGHT, loadRewardModel } from '../src/eval/arena/judge.js';
 import { lineageCorpora } from '../src/eval/contamination.js';
 import { runEval } from '../src/eval/index.js';
 import { initLora, loraScale, mergeAdapter, saveAdapter } from '../src/model/lora.js';
@@ -46,14 +45,9 @@ before(async () => {
   await save(CKPT);
   await save(NOTOK);
   rmSync(join(NOTOK, 'tokenizer.json'));
-  // A reward model: the same weights plus a value head w (n_embd values) and a bias.
-  await saveCheckpoint(RM, {
-    config: m.config, params: m.params, tokenizer: m.tokenizer, stage: 'rm', stageConfig: {},
-    extra: (tmp) => writeSafetensors(join(tmp, VALUE_HEAD_FILE), {
-      'score.weight': { dtype: 'F32', shape: [1, m.config.n_embd], data: Float32Array.from({ length: m.config.n_embd }, (_, i) => Math.sin(i)) },
-      'score.bias': { dtype: 'F32', shape: [1], data: Float32Array.from([0.25]) },
-    }),
-  });
+  // A reward model as llmctl rm writes it: the weights plus score.weight [1, n_embd] in model.safetensors.
+  const score = tf.tensor2d(Float32Array.from({ length: m.config.n_embd }, (_, i) => Math.sin(i)), [1, m.config.n_embd]);
+  await saveCheckpoint(RM, { config: m.config, params: { ...m.params, [SCORE_WEIGHT]: score }, tokenizer: m.tokenizer, stage: 'rm', stageConfig: {} });
 });
 
 describe('llmctl eval', () => {
@@ -127,14 +121,14 @@ describe('eval of other checkpoint kinds', () => {
 });
 
 describe('llmctl arena', () => {
-  test('reward model from disk: reward = last hidden state · w + b', () => {
+  test('reward model from disk (score.weight in model.safetensors): reward = last hidden state · w', () => {
     const rm = loadRewardModel(RM);
     const m = importLlama2c(STORIES_BIN, TOK512_PATH);
     const ids = m.tokenizer.encode('Once upon a time' + ' there was a cat', { addBos: true });
     const expected = tf.tidy(() => {
       const { hidden } = forward(m.params, m.config, tf.tensor2d([ids], [1, ids.length], 'int32'), { returnHidden: true });
       const h = (hidden!.arraySync() as number[][][])[0]![ids.length - 1]!;
-      return h.reduce((s, x, i) => s + x * Math.sin(i), 0.25);
+      return h.reduce((s, x, i) => s + x * Math.sin(i), 0);
     });
     assert.ok(Math.abs(rm.score('Once upon a time', ' there was a cat') - expected) < 1e-4);
     rm.dispose();

@@ -1,6 +1,6 @@
 /**
  * Judges turn answer pairs into battles:
- *  - a reward model (llmctl rm output: a checkpoint + value_head.safetensors) scores each answer; the higher
+ *  - a reward model (llmctl rm output: a checkpoint with a score.weight head) scores each answer; the higher
  *    score wins, a difference within `margin` is a tie; every pair is judged in both orders;
  *  - a human at the terminal sees the two answers side by side, anonymised and in random order, and votes
  *    with a key; each vote is appended to the votes JSONL as it is cast, so a later run resumes.
@@ -10,7 +10,8 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import * as readline from 'node:readline';
 import type { Readable, Writable } from 'node:stream';
-import { type LoadedCheckpoint, disposeParams, loadCheckpoint, readTensors } from '../../checkpoint/model.js';
+import { MODEL_FILE, disposeParams, readModelConfig, readTensors } from '../../checkpoint/model.js';
+import { IM_END, IM_START, Tokenizer } from '../../tokenizer/index.js';
 import { forward } from '../../model/gpt.js';
 import { Rng } from '../../util/rng.js';
 import { DataError } from '../read.js';
@@ -28,7 +29,8 @@ export interface AnswerPair {
 
 // ------------------------------------------------------------------------------------ reward model
 
-export const VALUE_HEAD_FILE = 'value_head.safetensors';
+/** The reward head of `llmctl rm` checkpoints (Hugging Face *ForSequenceClassification, num_labels 1). */
+export const SCORE_WEIGHT = 'score.weight';
 
 export interface RewardModel {
   score(prompt: string, answer: string): number;
@@ -36,37 +38,46 @@ export interface RewardModel {
 }
 
 /**
- * A reward model directory: a checkpoint whose value_head.safetensors holds one weight of n_embd values
- * (shape [d], [d, 1] or [1, d]) and optionally a scalar bias; reward = last position's final hidden state · w + b.
+ * A reward model written by `llmctl rm`: a checkpoint whose model.safetensors also holds `score.weight`
+ * [1, n_embd]; reward = score · final hidden state at the answer's last token. The conversation is rendered as
+ * ChatML (user prompt, assistant answer, ending at <|im_end|>) when the tokenizer has those tokens, as rm trains.
  */
 export function loadRewardModel(dir: string): RewardModel {
-  const headPath = join(dir, VALUE_HEAD_FILE);
-  if (!existsSync(headPath)) throw new DataError(`${headPath}: not found (is ${dir} a reward model written by llmctl rm?)`);
-  const ckpt: LoadedCheckpoint = loadCheckpoint(dir);
-  const head = readTensors(headPath, false);
-  const entries = Object.entries(head);
-  const weight = entries.find(([n, t]) => t.size === ckpt.config.n_embd && !/bias/.test(n));
-  const bias = entries.find(([n, t]) => t.size === 1 && /bias/.test(n));
-  if (!weight) throw new DataError(`${headPath}: no weight with ${ckpt.config.n_embd} values (found ${entries.map(([n, t]) => `${n} [${t.shape}]`).join(', ')})`);
-  const w = tf.reshape(weight[1], [ckpt.config.n_embd, 1]);
-  const b = bias ? (bias[1].dataSync()[0] ?? 0) : 0;
-  const tok = ckpt.tokenizer;
+  const weightsPath = join(dir, MODEL_FILE);
+  if (!existsSync(weightsPath)) throw new DataError(`${weightsPath}: not found (is ${dir} a reward model written by llmctl rm?)`);
+  const config = readModelConfig(dir);
+  const params = readTensors(weightsPath, true);
+  const w = params[SCORE_WEIGHT];
+  delete params[SCORE_WEIGHT];
+  if (!w || w.size !== config.n_embd) {
+    disposeParams(params);
+    w?.dispose();
+    throw new DataError(`${weightsPath}: not a reward model (no '${SCORE_WEIGHT}' of ${config.n_embd} values; train one with llmctl rm)`);
+  }
+  const tok = Tokenizer.load(dir);
+  const head = tf.reshape(w, [config.n_embd, 1]);
+  const chat = tok.kind === 'byte_level' && tok.tokenToId(IM_START) !== undefined && tok.tokenToId(IM_END) !== undefined;
+  const encode = (prompt: string, answer: string): number[] => {
+    if (!chat) return tok.encode(prompt + answer, { addBos: tok.bosId !== undefined, allowSpecial: false });
+    const ids = tok.renderChat([{ role: 'user', content: prompt }, { role: 'assistant', content: answer }]).ids;
+    return ids.slice(0, ids.lastIndexOf(tok.tokenToId(IM_END)!) + 1);
+  };
   return {
     score(prompt, answer) {
-      let ids = tok.encode(prompt + answer, { addBos: tok.bosId !== undefined, allowSpecial: false });
+      let ids = encode(prompt, answer);
       if (!ids.length) ids = [tok.eosId];
-      ids = ids.slice(-ckpt.config.n_ctx);
+      ids = ids.slice(-config.n_ctx);
       return tf.tidy(() => {
         const input = tf.tensor2d([ids], [1, ids.length], 'int32');
-        const { hidden } = forward(ckpt.params, ckpt.config, input, { returnHidden: true });
-        const last = tf.slice(hidden!, [0, ids.length - 1, 0], [1, 1, ckpt.config.n_embd]).reshape([1, ckpt.config.n_embd]);
-        return (tf.matMul(last, w).dataSync()[0] ?? 0) + b;
+        const { hidden } = forward(params, config, input, { returnHidden: true });
+        const last = tf.reshape(tf.slice(hidden!, [0, ids.length - 1, 0], [1, 1, config.n_embd]), [1, config.n_embd]);
+        return tf.matMul(last, head).dataSync()[0] ?? 0;
       });
     },
     dispose() {
+      head.dispose();
       w.dispose();
-      disposeParams(head);
-      disposeParams(ckpt.params);
+      disposeParams(params);
     },
   };
 }
