@@ -4,7 +4,7 @@
  * hash and each task's prompt hash. Also the summary table and the --log-samples JSONL files.
  */
 import Table from 'cli-table3';
-import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { EvalRun, TaskOutcome } from './runner.js';
 
@@ -108,8 +108,4 @@ export function resultsTable(run: EvalRun): string {
     }
   }
   return table.toString();
-}
-
-export function ensureParent(path: string): void {
-  if (!existsSync(dirname(path))) mkdirSync(dirname(path), { recursive: true });
 }
