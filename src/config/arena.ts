@@ -10,8 +10,8 @@ export const ArenaConfigSchema = z.strictObject({
   /** rm:DIR (a reward model from llmctl rm), human (vote in the terminal), or battles:FILE (FastChat clean battles). */
   judge: z.string().min(1),
   out_dir: z.string().min(1).default('runs/arena'),
-  /** Wrap each prompt as a ChatML user turn. */
-  chat: z.boolean().default(false),
+  /** Wrap each prompt as a ChatML user turn: for every model (true), or for the models named (e.g. [sft]). */
+  chat: z.union([z.boolean(), z.array(z.string().min(1))]).default(false),
   sampling: SamplingSchema.prefault({ max_tokens: 64, temperature: 0 }),
   /** rm judge: reward differences within this margin are ties. */
   margin: z.number().nonnegative().default(0.05),

@@ -22,7 +22,7 @@ export interface ArenaConfig {
   prompts?: string;
   judge: string;
   out_dir: string;
-  chat: boolean;
+  chat: boolean | string[];
   sampling: { max_tokens: number; temperature: number; top_k: number; top_p: number; repetition_penalty: number; stop: string[]; seed?: number };
   margin: number;
   bootstrap_rounds: number;
@@ -69,15 +69,20 @@ export function readPrompts(path: string): string[] {
   return prompts;
 }
 
+function chatFor(cfg: ArenaConfig, model: string): boolean {
+  return Array.isArray(cfg.chat) ? cfg.chat.includes(model) : cfg.chat;
+}
+
 /** Every model's answer to every prompt (cached in out_dir/answers/<model>.jsonl, so a resumed arena reuses them). */
 function answers(cfg: ArenaConfig, prompts: string[]): Record<string, string[]> {
   const out: Record<string, string[]> = {};
   mkdirSync(join(cfg.out_dir, 'answers'), { recursive: true });
   for (const [name, dir] of Object.entries(cfg.models)) {
     const cache = join(cfg.out_dir, 'answers', `${name}.jsonl`);
+    const chat = chatFor(cfg, name);
     if (existsSync(cache)) {
-      const rows = readJsonl(cache).map(({ row }) => row as { prompt: string; answer: string });
-      if (rows.length === prompts.length && rows.every((r, i) => r.prompt === prompts[i])) {
+      const rows = readJsonl(cache).map(({ row }) => row as { prompt: string; answer: string; chat?: boolean });
+      if (rows.length === prompts.length && rows.every((r, i) => r.prompt === prompts[i] && (r.chat ?? false) === chat)) {
         out[name] = rows.map((r) => r.answer);
         log().info({ model: name, cache }, 'arena: reusing answers');
         continue;
@@ -87,7 +92,7 @@ function answers(cfg: ArenaConfig, prompts: string[]): Record<string, string[]> 
     const progress = new Progress(`arena: ${name} answering`, prompts.length);
     try {
       out[name] = prompts.map((p, i) => {
-        const g = generate(model, promptIds(model.tokenizer, p, cfg.chat), { ...cfg.sampling, seed: (cfg.sampling.seed ?? cfg.seed) + i, forward: scale !== undefined ? { loraScale: scale } : undefined });
+        const g = generate(model, promptIds(model.tokenizer, p, chat), { ...cfg.sampling, seed: (cfg.sampling.seed ?? cfg.seed) + i, forward: scale !== undefined ? { loraScale: scale } : undefined });
         progress.update(i + 1, { tokens: g.ids.length });
         return g.text.trim();
       });
@@ -95,7 +100,7 @@ function answers(cfg: ArenaConfig, prompts: string[]): Record<string, string[]> 
       dispose();
     }
     progress.done(`arena: ${name} answered ${prompts.length} prompts`);
-    writeFileAtomic(cache, out[name]!.map((a, i) => JSON.stringify({ prompt: prompts[i], answer: a })).join('\n') + '\n');
+    writeFileAtomic(cache, out[name]!.map((a, i) => JSON.stringify({ prompt: prompts[i], chat, answer: a })).join('\n') + '\n');
   }
   return out;
 }
