@@ -7,7 +7,7 @@ import { type GlobalArgs, InputError, handler, loadStageConfig, printSummary, st
 
 type Args = GlobalArgs & {
   checkpoint?: string; adapter?: string; tasks?: string; 'num-fewshot'?: number; limit?: number; 'batch-size'?: number;
-  'log-samples'?: boolean; out?: string; 'data-dir'?: string; 'ppl-file'?: string; stride?: number; 'no-share-context'?: boolean;
+  'log-samples'?: boolean; out?: string; 'data-dir'?: string; 'ppl-file'?: string; stride?: number; 'share-context'?: boolean;
   'contamination-data'?: string[];
 };
 
@@ -26,7 +26,7 @@ export const evalCommand: CommandModule<GlobalArgs, Args> = {
       .option('data-dir', { type: 'string', describe: 'where the task files lie (default ../shared/data/eval)' })
       .option('ppl-file', { type: 'string', describe: 'text or JSONL file for the perplexity task' })
       .option('stride', { type: 'number', describe: 'perplexity window stride in tokens (default: the context length)' })
-      .option('no-share-context', { type: 'boolean', describe: 'run every choice with its full context (no KV reuse)' })
+      .option('share-context', { type: 'boolean', describe: 'reuse a question\'s context KV cache for every choice (default); --no-share-context runs each in full' })
       .option('contamination-data', { type: 'string', array: true, describe: '13-gram overlap with these files (no files: the lineage\'s training corpora)' }),
   handler: handler<Args>('eval', async (args) => {
     const contamination = args['contamination-data'] === undefined ? undefined : args['contamination-data'].length ? args['contamination-data'] : true;
@@ -34,7 +34,7 @@ export const evalCommand: CommandModule<GlobalArgs, Args> = {
       checkpoint: args.checkpoint, adapter: args.adapter, tasks: args.tasks?.split(',').map((t) => t.trim()).filter(Boolean),
       num_fewshot: args['num-fewshot'], limit: args.limit, batch_size: args['batch-size'], log_samples: args['log-samples'], out: args.out,
       data_dir: args['data-dir'], 'paths.perplexity': args['ppl-file'], stride: args.stride,
-      share_context: args['no-share-context'] ? false : undefined, contamination, 'humaneval.seed': args.seed,
+      share_context: args['share-context'], contamination, 'humaneval.seed': args.seed,
     });
     if (cfg.log_samples && !cfg.out) throw new InputError('--log-samples: needs --out (the samples are written beside the results file)');
     await startBackend(args);
