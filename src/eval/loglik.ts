@@ -5,8 +5,9 @@
  * the result is (Σ log p(continuation), whether greedy decoding would have produced it).
  *
  * Two ways to run a group of requests that share one context (the choices of a multiple-choice question):
- *  - shared:   the context is run once; its KV cache is copied to one row per choice and only the choices'
- *              tokens are run on top of it (a one-token choice costs nothing beyond the context);
+ *  - shared:   the context is run once (several questions' contexts batched together); its KV cache is copied
+ *              to one row per choice and only the choices' tokens run on top of it (a one-token choice costs
+ *              nothing beyond the context);
  *  - unshared: every (context, choice) sequence is run in full, batched with others of similar length.
  * Both feed the model the same tokens and give the same numbers (a test checks it); the context of a group
  * is cut from the left so that it fits beside the group's longest continuation.
@@ -101,41 +102,71 @@ function run(model: LanguageModel, rows: number[][], o: ForwardOptions): tf.Tens
   return logits;
 }
 
-/** Copy a one-row cache into `n` rows (the context's keys/values for every choice). */
-function tileCache(cache: KVCache, n: number): KVCache {
-  const tile = (t: tf.Tensor4D | null) => (t ? (tf.tile(t, [n, 1, 1, 1]) as tf.Tensor4D) : null);
-  return { k: cache.k.map(tile), v: cache.v.map(tile), length: cache.length };
+/** Row `b` of a batch cache, its first `length` positions, copied into `n` rows (one per choice). */
+function rowCache(cache: KVCache, b: number, length: number, n: number): KVCache {
+  const pick = (t: tf.Tensor4D | null) => (t ? tf.tidy(() => tf.tile(tf.slice(t, [b, 0, 0, 0], [1, t.shape[1], length, t.shape[3]]), [n, 1, 1, 1]) as tf.Tensor4D) : null);
+  return { k: cache.k.map(pick), v: cache.v.map(pick), length };
 }
 
-/** Shared-context scoring of one group: one forward for the context, one batched forward for the choices. */
-export function scoreGroupShared(model: LanguageModel, g: ChoiceGroup, fwd: ForwardOptions = {}, stats?: LoglikStats): LoglikResult[] {
-  const conts = g.continuations;
-  // A continuation as long as the window leaves no room for a context to share.
-  if (Math.max(...conts.map((c) => c.length)) >= model.config.n_ctx) return scoreGroupsUnshared(model, [g], 1, fwd, stats)[0]!;
-  const ctx = fitContext(g.context, conts, model.config.n_ctx);
-  const cache = emptyCache(model.config);
-  let shared: KVCache | undefined;
-  try {
-    const ctxLogits = run(model, [ctx], { ...fwd, cache });
-    const firsts = conts.map((c) => (c.length ? scoreSpan(ctxLogits, 0, ctx.length - 1, [c[0]!]) : { ll: 0, isGreedy: true }));
-    ctxLogits.dispose();
-    if (stats) { stats.forwards++; stats.tokensRun += ctx.length; }
-    const rest = conts.map((c) => c.slice(0, -1)); // inputs after the context: every continuation token but the last
-    if (Math.max(...rest.map((r) => r.length)) === 0) return firsts;
-    const rows = rest.map((r) => (r.length ? r : [model.tokenizer.eosId])); // an empty row is padding, never read
-    shared = tileCache(cache, rows.length);
-    const logits = run(model, rows, { ...fwd, cache: shared });
-    if (stats) { stats.forwards++; stats.tokensRun += rows.length * Math.max(...rows.map((r) => r.length)); }
-    const out = conts.map((c, i) => {
-      const more = scoreSpan(logits, i, 0, c.slice(1));
-      return { ll: firsts[i]!.ll + more.ll, isGreedy: firsts[i]!.isGreedy && more.isGreedy };
-    });
-    logits.dispose();
-    return out;
-  } finally {
-    disposeCache(cache);
-    if (shared) disposeCache(shared);
+/**
+ * Shared-context scoring: the contexts of up to `batchSize` questions run in one forward (right-padded, longest
+ * first); each choice's first token is scored from its context's last position, and when choices have more
+ * tokens, that context's cache (its own positions only, so the padding is never seen) is copied into one row
+ * per choice and only the choices' tokens run on top of it.
+ */
+export function scoreGroupsShared(model: LanguageModel, groups: ChoiceGroup[], batchSize: number, fwd: ForwardOptions = {}, stats?: LoglikStats, onGroup?: () => void): LoglikResult[][] {
+  const nCtx = model.config.n_ctx;
+  const out: LoglikResult[][] = Array(groups.length);
+  const shareable: number[] = [];
+  groups.forEach((g, i) => {
+    // A continuation as long as the window leaves no room for a context to share.
+    if (Math.max(...g.continuations.map((c) => c.length)) >= nCtx) {
+      out[i] = scoreGroupsUnshared(model, [g], 1, fwd, stats)[0]!;
+      onGroup?.();
+    } else shareable.push(i);
+  });
+  const ctxs = groups.map((g) => fitContext(g.context, g.continuations, nCtx));
+  shareable.sort((a, b) => ctxs[b]!.length - ctxs[a]!.length || a - b);
+  for (let s = 0; s < shareable.length; s += batchSize) {
+    const idx = shareable.slice(s, s + batchSize);
+    const cache = emptyCache(model.config);
+    try {
+      const logits = run(model, idx.map((i) => ctxs[i]!), { ...fwd, cache });
+      if (stats) { stats.forwards++; stats.tokensRun += idx.length * ctxs[idx[0]!]!.length; }
+      idx.forEach((gi, b) => {
+        const conts = groups[gi]!.continuations, L = ctxs[gi]!.length;
+        const firsts = conts.map((c) => (c.length ? scoreSpan(logits, b, L - 1, [c[0]!]) : { ll: 0, isGreedy: true }));
+        const rest = conts.map((c) => c.slice(0, -1)); // inputs after the context: every continuation token but the last
+        if (Math.max(...rest.map((r) => r.length)) === 0) {
+          out[gi] = firsts;
+        } else {
+          const rows = rest.map((r) => (r.length ? r : [model.tokenizer.eosId])); // an empty row is padding, never read
+          const own = rowCache(cache, b, L, rows.length);
+          try {
+            const more = run(model, rows, { ...fwd, cache: own });
+            if (stats) { stats.forwards++; stats.tokensRun += rows.length * Math.max(...rows.map((r) => r.length)); }
+            out[gi] = conts.map((c, i) => {
+              const m = scoreSpan(more, i, 0, c.slice(1));
+              return { ll: firsts[i]!.ll + m.ll, isGreedy: firsts[i]!.isGreedy && m.isGreedy };
+            });
+            more.dispose();
+          } finally {
+            disposeCache(own);
+          }
+        }
+        onGroup?.();
+      });
+      logits.dispose();
+    } finally {
+      disposeCache(cache);
+    }
   }
+  return out;
+}
+
+/** One question's choices with its context shared (see scoreGroupsShared). */
+export function scoreGroupShared(model: LanguageModel, g: ChoiceGroup, fwd: ForwardOptions = {}, stats?: LoglikStats): LoglikResult[] {
+  return scoreGroupsShared(model, [g], 1, fwd, stats)[0]!;
 }
 
 /** A full sequence and how many of its last tokens are scored. */

@@ -10,7 +10,7 @@ import { type LanguageModel, generate } from '../model/generate.js';
 import type { ForwardOptions } from '../model/gpt.js';
 import { Progress, log } from '../util/log.js';
 import type { NgramIndex } from './contamination.js';
-import { type ChoiceGroup, type LoglikResult, type LoglikStats, encodePair, encodeText, rollingLoglik, scoreGroupShared, scoreGroupsUnshared } from './loglik.js';
+import { type ChoiceGroup, type LoglikResult, type LoglikStats, encodePair, encodeText, rollingLoglik, scoreGroupsShared, scoreGroupsUnshared } from './loglik.js';
 import { exactMatch, gsm8kFlexible, gsm8kStrict, mc2, mean, meanStderr, multipleChoice, passAtK } from './metrics.js';
 import { type RunResult, type SandboxOptions, DEFAULT_SANDBOX, humanevalProgram, networkNamespaceAvailable, pythonUnavailable, runPrograms } from './sandbox.js';
 import { type GenDoc, type GenTask, type McDoc, type McTask, type RollingTask, type Task, buildContext } from './tasks.js';
@@ -294,13 +294,7 @@ export async function evaluate(model: LanguageModel, tasks: Task[], o: EvalOptio
   const t0 = performance.now();
   let scored: LoglikResult[][];
   if (o.shareContext) {
-    // Longest context first, so a too-long prompt fails (or the memory peak comes) at the start.
-    const order = groups.map((_, i) => i).sort((a, b) => groups[b]!.context.length - groups[a]!.context.length || a - b);
-    scored = Array(groups.length);
-    for (const i of order) {
-      scored[i] = scoreGroupShared(model, groups[i]!, o.forward, stats);
-      tick();
-    }
+    scored = scoreGroupsShared(model, groups, o.batchSize, o.forward, stats, () => tick());
   } else {
     scored = scoreGroupsUnshared(model, groups, o.batchSize, o.forward, stats);
     for (let i = 0; i < groups.length; i++) tick();
