@@ -25,5 +25,7 @@ export const COMMANDS: CommandEntry[] = [
   { name: 'serve', describe: 'OpenAI-compatible HTTP server: continuous batching over a paged KV cache, LoRA adapters, metrics', load: async () => (await import('./serve.js')).serveCommand },
   { name: 'quantize', describe: 'quantize a checkpoint: int8, int4 (RTN), GPTQ or AWQ; the result loads everywhere a checkpoint does', load: async () => (await import('./quantize.js')).quantizeCommand },
   { name: 'export', describe: 'write a checkpoint as GGUF (f32, f16, q8_0, q4_0) for llama.cpp, Ollama, LM Studio', load: async () => (await import('./export.js')).exportCommand },
+  { name: 'eval', describe: 'benchmarks as lm-evaluation-harness (MMLU, HellaSwag, ARC, TruthfulQA, GSM8K, HumanEval, perplexity)', load: async () => (await import('./eval.js')).evalCommand },
+  { name: 'arena', describe: 'side-by-side ratings: models answer prompts, a judge (reward model, human, battles file) decides, Elo / Bradley–Terry', load: async () => (await import('./arena.js')).arenaCommand },
   { name: 'pipeline', describe: 'run several stages in order, each reading the checkpoint the previous one wrote', load: async () => (await import('./pipeline.js')).pipelineCommand },
 ];
