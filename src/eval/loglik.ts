@@ -104,8 +104,12 @@ function run(model: LanguageModel, rows: number[][], o: ForwardOptions): tf.Tens
 
 /** Row `b` of a batch cache, its first `length` positions, copied into `n` rows (one per choice). */
 function rowCache(cache: KVCache, b: number, length: number, n: number): KVCache {
-  const pick = (t: tf.Tensor4D | null) => (t ? tf.tidy(() => tf.tile(tf.slice(t, [b, 0, 0, 0], [1, t.shape[1], length, t.shape[3]]), [n, 1, 1, 1]) as tf.Tensor4D) : null);
-  return { k: cache.k.map(pick), v: cache.v.map(pick), length };
+  // Contiguous caches are [B, n_kv_head, S, hd]; the native kernels' preallocated ones [B, n_ctx, n_kv_head, hd],
+  // whose positions past `length` are overwritten by the next forward.
+  const pre = Boolean(cache.preallocated);
+  const size = (t: tf.Tensor4D): [number, number, number, number] => (pre ? [1, t.shape[1], t.shape[2], t.shape[3]] : [1, t.shape[1], length, t.shape[3]]);
+  const pick = (t: tf.Tensor4D | null) => (t ? tf.tidy(() => tf.tile(tf.slice(t, [b, 0, 0, 0], size(t)), [n, 1, 1, 1]) as tf.Tensor4D) : null);
+  return { k: cache.k.map(pick), v: cache.v.map(pick), length, ...(pre ? { preallocated: true } : {}) };
 }
 
 /**
