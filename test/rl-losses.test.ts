@@ -6,7 +6,7 @@ import { initBackend } from '../src/backend/index.js';
 import {
   KlController,
   clippedValueLoss,
-  entropyFromLogits,
+  entropyFromLogProbs,
   gae,
   groupAdvantages,
   grpoLoss,
@@ -140,9 +140,9 @@ describe('PPO losses', () => {
     tf.dispose([lp, ref, a, m, out.ratio, out.approxKl]);
   });
 
-  test('entropy of softmax([0, ln 3]) = −(¼ln¼ + ¾ln¾)', () => {
-    const l = tf.tensor2d([[0, Math.log(3)]]);
-    close(num(entropyFromLogits(l)), -(0.25 * Math.log(0.25) + 0.75 * Math.log(0.75)));
+  test('entropy of [¼, ¾] from its log-probs = −(¼ln¼ + ¾ln¾)', () => {
+    const l = tf.tensor2d([[Math.log(0.25), Math.log(0.75)]]);
+    close(num(entropyFromLogProbs(l)), -(0.25 * Math.log(0.25) + 0.75 * Math.log(0.75)));
     l.dispose();
   });
 });
