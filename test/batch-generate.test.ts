@@ -8,6 +8,7 @@ import { type ModelConfig, emptyCache, disposeCache, forward, resolveModelConfig
 import { initParams } from '../src/model/init.js';
 import { importLlama2c } from '../src/model/llama2c.js';
 import { Rng } from '../src/util/rng.js';
+import { disposeRowBatch, layoutSequences, responseForward, rowBatch } from '../src/align/rollout.js';
 import { STORIES_BIN, TOK512_PATH } from './paths.js';
 
 await initBackend('wasm');
@@ -110,5 +111,29 @@ describe('generateBatch', () => {
 
   test('prompt + max_new_tokens beyond the context is an error naming both', () => {
     assert.throws(() => generateBatch(stories, prompts, { ...greedy, max_new_tokens: 10_000 }), /exceeds the context length/);
+  });
+});
+
+describe('rollout layout', () => {
+  test('prompts right-aligned at one column, responses after them, padding masked; inputs drop the last column', () => {
+    const l = layoutSequences([[1, 2, 3], [4]], [[5, 6], [7, 8, 9]], 0);
+    assert.deepEqual(l.tokens, [[1, 2, 3, 5, 6, 0], [0, 0, 4, 7, 8, 9]]);
+    assert.deepEqual([l.leftPad, l.promptWidth, l.responseWidth, l.mask], [[0, 2], 3, 3, [[1, 1, 0], [1, 1, 1]]]);
+    const b = rowBatch(l, [1, 0]);
+    assert.deepEqual(b.inputs.arraySync(), [[0, 0, 4, 7, 8], [1, 2, 3, 5, 6]]);
+    assert.deepEqual(Array.from(b.targets.dataSync()), [7, 8, 9, 5, 6, 0]);
+    disposeRowBatch(b);
+  });
+
+  test('per-token log-probs of a padded row equal log softmax(logits / T) of the row alone', () => {
+    const c = resolveModelConfig({ arch: 'gpt2', vocab_size: 16, n_ctx: 16, n_layer: 1, n_embd: 8, n_head: 2 });
+    const params = initParams(c, 9);
+    const l = layoutSequences([[1, 2, 3], [4]], [[5, 6], [7, 8, 9]], 0);
+    const b = rowBatch(l, [0, 1]);
+    const logp = tf.tidy(() => responseForward(params, c, l, b, { temperature: 0.7 }).logp.arraySync());
+    const alone = tf.tidy(() => tf.logSoftmax(tf.div(forward(params, c, tf.tensor2d([[4, 7, 8]], [1, 3], 'int32')).logits, 0.7)).arraySync() as number[][][]);
+    [7, 8, 9].forEach((tok, j) => assert.ok(Math.abs(logp[1]![j]! - alone[0]![j]![tok]!) < 1e-5, `token ${j}`));
+    disposeRowBatch(b);
+    tf.dispose(Object.values(params));
   });
 });

@@ -3,10 +3,11 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../src/backend/index.js';
+import { ruleReward } from '../src/align/rule-reward.js';
 import {
   KlController,
   clippedValueLoss,
-  entropyFromLogits,
+  entropyFromLogProbs,
   gae,
   groupAdvantages,
   grpoLoss,
@@ -140,9 +141,24 @@ describe('PPO losses', () => {
     tf.dispose([lp, ref, a, m, out.ratio, out.approxKl]);
   });
 
-  test('entropy of softmax([0, ln 3]) = −(¼ln¼ + ¾ln¾)', () => {
-    const l = tf.tensor2d([[0, Math.log(3)]]);
-    close(num(entropyFromLogits(l)), -(0.25 * Math.log(0.25) + 0.75 * Math.log(0.75)));
+  test('entropy of [¼, ¾] from its log-probs = −(¼ln¼ + ¾ln¾)', () => {
+    const l = tf.tensor2d([[Math.log(0.25), Math.log(0.75)]]);
+    close(num(entropyFromLogProbs(l)), -(0.25 * Math.log(0.25) + 0.75 * Math.log(0.75)));
     l.dispose();
+  });
+});
+
+describe('rule rewards', () => {
+  test('regex (a /g pattern scores the same every time), contains (any of, case-folded), length (−|n − target|/target)', () => {
+    const re = ruleReward({ type: 'regex', pattern: 'ab+', flags: 'g', score: 2 });
+    assert.deepEqual([re({ text: 'xabb', tokens: 3 }), re({ text: 'xabb', tokens: 3 }), re({ text: 'ba', tokens: 2 })], [2, 2, 0]);
+    const has = ruleReward({ type: 'contains', text: ['You', 'thee'], case_sensitive: false, score: 1 });
+    assert.deepEqual([has({ text: 'I told YOU', tokens: 3 }), has({ text: 'for thee', tokens: 2 }), has({ text: 'me', tokens: 1 })], [1, 1, 0]);
+    const exact = ruleReward({ type: 'contains', text: 'You', case_sensitive: true, score: 1 });
+    assert.equal(exact({ text: 'you', tokens: 1 }), 0);
+    const len = ruleReward({ type: 'length', target: 8, unit: 'tokens' });
+    assert.deepEqual([len({ text: '', tokens: 8 }), len({ text: '', tokens: 4 }), len({ text: '', tokens: 24 })], [0, -0.5, -2]);
+    assert.equal(ruleReward({ type: 'length', target: 4, unit: 'chars' })({ text: 'abcdef', tokens: 1 }), -0.5);
+    assert.throws(() => ruleReward({ type: 'regex', pattern: '(', flags: '', score: 1 }), /reward\.pattern: /);
   });
 });

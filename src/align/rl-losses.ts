@@ -229,10 +229,7 @@ export function grpoLoss(logp: tf.Tensor2D, oldLogp: tf.Tensor2D, logpRef: tf.Te
   });
 }
 
-/** Entropy of each row's softmax(logits), [..., V] → [...]: logsumexp(l) − Σ p·l. */
-export function entropyFromLogits(logits: tf.Tensor): tf.Tensor {
-  return tf.tidy(() => {
-    const lse = tf.logSumExp(logits, -1);
-    return tf.sub(lse, tf.sum(tf.mul(tf.softmax(logits), logits), -1));
-  });
+/** Entropy of each distribution from its log-probabilities, [..., V] → [...]: −Σ p·log p. */
+export function entropyFromLogProbs(logProbs: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => tf.neg(tf.sum(tf.mul(tf.exp(logProbs), logProbs), -1)));
 }

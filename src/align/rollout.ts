@@ -11,6 +11,7 @@ import { type BatchGenerateOptions, type LanguageModel, generateBatch } from '..
 import { type ForwardOptions, type ModelConfig, type Params, forward } from '../model/gpt.js';
 import { linear, oneHotFloat } from '../model/kernels.js';
 import type { Rng } from '../util/rng.js';
+import { entropyFromLogProbs } from './rl-losses.js';
 
 /**
  * Sequences as the model sees them: row i = leftPad[i] pads, its prompt (ending at column promptWidth),
@@ -111,7 +112,7 @@ export function responseForward(
   const logSoftmax = tf.logSoftmax(tf.reshape(logits, [n * R, V]));
   const logp = tf.reshape(tf.sum(tf.mul(logSoftmax, oneHotFloat(batch.targets, V)), -1), [n, R]) as tf.Tensor2D;
   const result: ResponseForward = { logp };
-  if (o.entropy) result.entropy = tf.reshape(tf.neg(tf.sum(tf.mul(tf.exp(logSoftmax), logSoftmax), -1)), [n, R]) as tf.Tensor2D;
+  if (o.entropy) result.entropy = tf.reshape(entropyFromLogProbs(logSoftmax), [n, R]) as tf.Tensor2D;
   if (o.hidden) result.hidden = tf.slice(out.hidden!, [0, P - 1, 0], [n, R, config.n_embd]) as tf.Tensor3D;
   return result;
 }

@@ -34,6 +34,6 @@ export function ruleReward(cfg: RuleRewardConfig): (r: ResponseInfo) => number {
       };
     }
     case 'length':
-      return (r) => -Math.abs((cfg.unit === 'chars' ? r.text.length : r.tokens) - cfg.target) / cfg.target;
+      return (r) => 0 - Math.abs((cfg.unit === 'chars' ? r.text.length : r.tokens) - cfg.target) / cfg.target; // (0 −: no −0)
   }
 }

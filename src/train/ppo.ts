@@ -573,4 +573,3 @@ function fmt(v: number | undefined): string {
   return v === undefined ? '?' : v.toFixed(4);
 }
 
-export type { Rollout };
