@@ -212,7 +212,8 @@ describe('dpo', () => {
     const m = readManifest(out);
     assert.ok(REF_LOGPS_FILE in m.files);
     assert.equal(m.parent?.path, BASE);
-    assert.deepEqual((m.config as { reference: unknown }).reference, { path: BASE, mode: 'checkpoint', precomputed: true });
+    assert.deepEqual((m.config as { reference: unknown }).reference, { path: BASE, sha256: m.parent!.sha256, mode: 'checkpoint', precomputed: true });
+    assert.match(m.parent!.sha256, /^[0-9a-f]{64}$/);
     // The output is an ordinary checkpoint.
     const ck = loadCheckpoint(out);
     assert.deepEqual(ck.config, tinyModel());

@@ -15,6 +15,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type DpoLossType, dpoLoss, sequenceLogps } from '../align/losses.js';
+import { sha256File } from '../checkpoint/dir.js';
 import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, resumableDir } from '../checkpoint/model.js';
 import { readSafetensors, toFloat32, writeSafetensors } from '../checkpoint/safetensors.js';
 import type { DpoConfig } from '../config/align.js';
@@ -178,7 +179,7 @@ export interface DpoResult extends TrainResult {
   trainableParams: number;
   baseParams: number;
   lora: boolean;
-  reference: { path: string; mode: string; precomputed: boolean; cache: 'computed' | 'reused' | 'none' };
+  reference: { path: string; sha256: string; mode: string; precomputed: boolean; cache: 'computed' | 'reused' | 'none' };
   data: ReturnType<typeof dataSummary>;
 }
 
@@ -249,7 +250,13 @@ export async function dpo(cfg: DpoConfig, o: AlignOptions = {}): Promise<DpoResu
       tokens: (b) => pairs.tokens(b),
       dispose: disposeDpoBatch,
     };
-    const reference = { path: refDir, mode: adapterOff ? 'base with the adapter off' : 'checkpoint', precomputed: cfg.dpo.precompute_ref_logps };
+    const refManifest = join(refDir, 'manifest.json');
+    const reference = {
+      path: refDir,
+      sha256: existsSync(refManifest) ? await sha256File(refManifest) : '', // of its manifest, as the parent's
+      mode: adapterOff ? 'base with the adapter off' : 'checkpoint',
+      precomputed: cfg.dpo.precompute_ref_logps,
+    };
     log().info({ base: cfg.base, reference: refDir, ref_mode: reference.mode, lora: Boolean(cfg.lora), trainable_params: model.trainableParams, loss: cfg.dpo.loss_type, beta: cfg.dpo.beta, precompute: cfg.dpo.precompute_ref_logps, resume: Boolean(resumeDir) }, 'dpo');
     const table = 'table' in ref ? ref.table : undefined;
     const result = await train<DpoBatch>({
