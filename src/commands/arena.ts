@@ -28,7 +28,8 @@ export const arenaCommand: CommandModule<GlobalArgs, Args> = {
       .option('prompts', { type: 'string', describe: 'JSONL {"prompt"} or one prompt per line' })
       .option('judge', { type: 'string', describe: 'rm:DIR | human | battles:FILE' })
       .option('out', { type: 'string', describe: 'output directory (answers, battles/votes, ratings.json, arena.svg)' })
-      .option('rounds', { type: 'number', describe: 'bootstrap rounds (default 1000)' }),
+      .option('rounds', { type: 'number', describe: 'bootstrap rounds (default 1000)' })
+      .example('$0 arena --config configs/arena.yaml', 'pretrain vs sft vs stories260K, judged by the reward model'),
   handler: handler<Args>('arena', async (args) => {
     const cfg = loadStageConfig(ArenaConfigSchema, args, {
       models: args.models ? parseModels(args.models) : undefined, prompts: args.prompts, judge: args.judge, out_dir: args.out,

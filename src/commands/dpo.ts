@@ -7,7 +7,10 @@ type Args = GlobalArgs & { resume: boolean };
 
 export const dpoCommand: CommandModule<GlobalArgs, Args> = {
   command: 'dpo',
-  builder: (y) => y.option('resume', { type: 'boolean', default: false, describe: 'continue from the trainer state in out_dir' }),
+  builder: (y) =>
+    y
+      .option('resume', { type: 'boolean', default: false, describe: 'continue from the trainer state in out_dir' })
+      .example('$0 dpo --config configs/dpo.yaml', 'DPO of runs/sft on the Alpaca preference pairs'),
   handler: handler<Args>('dpo', async (args) => {
     const cfg = loadStageConfig(DpoConfigSchema, args, { 'train.seed': args.seed });
     await startBackend(args);

@@ -27,7 +27,9 @@ export const evalCommand: CommandModule<GlobalArgs, Args> = {
       .option('ppl-file', { type: 'string', describe: 'text or JSONL file for the perplexity task' })
       .option('stride', { type: 'number', describe: 'perplexity window stride in tokens (default: the context length)' })
       .option('share-context', { type: 'boolean', describe: 'reuse a question\'s context KV cache for every choice (default); --no-share-context runs each in full' })
-      .option('contamination-data', { type: 'string', array: true, describe: '13-gram overlap with these files (no files: the lineage\'s training corpora)' }),
+      .option('contamination-data', { type: 'string', array: true, describe: '13-gram overlap with these files (no files: the lineage\'s training corpora)' })
+      .example('$0 eval --checkpoint runs/sft --tasks arc_easy,hellaswag --limit 50', 'two benchmarks on the first 50 items')
+      .example('$0 eval --config configs/eval.yaml', 'the tasks and data of a config file'),
   handler: handler<Args>('eval', async (args) => {
     const contamination = args['contamination-data'] === undefined ? undefined : args['contamination-data'].length ? args['contamination-data'] : true;
     const cfg = loadStageConfig(EvalConfigSchema, args, {

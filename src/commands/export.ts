@@ -17,7 +17,8 @@ export const exportCommand: CommandModule<GlobalArgs, Args> = {
       .option('type', { type: 'string', choices: ['f32', 'f16', 'q8_0', 'q4_0'] as ExportType[], default: 'f16' as ExportType, describe: 'tensor type of the matrices (rows not a multiple of 32 stay f16)' })
       .option('checkpoint', { type: 'string', demandOption: true, describe: 'checkpoint directory (float or quantized)' })
       .option('out', { type: 'string', demandOption: true, describe: 'the .gguf file to write' })
-      .option('name', { type: 'string', describe: 'general.name (default: the checkpoint directory)' }),
+      .option('name', { type: 'string', describe: 'general.name (default: the checkpoint directory)' })
+      .example('$0 export --format gguf --type q8_0 --checkpoint runs/stories260K --out stories260K.gguf', 'a GGUF file for llama.cpp'),
   handler: handler<Args>('export', async (args) => {
     await startBackend(args);
     const ck = loadCheckpoint(args.checkpoint);

@@ -14,11 +14,13 @@ export const quantizeCommand: CommandModule<GlobalArgs, Args> = {
   builder: (y) =>
     y
       .option('checkpoint', { type: 'string', describe: 'float checkpoint directory' })
-      .option('method', { type: 'string', choices: ['int8', 'int4', 'gptq', 'awq'] })
+      .option('method', { type: 'string', choices: ['int8', 'int4', 'gptq', 'awq'], describe: 'int8 per channel, int4 round-to-nearest, GPTQ or AWQ' })
       .option('out', { type: 'string', describe: 'checkpoint directory to write' })
       .option('group-size', { type: 'number', describe: 'int4/gptq/awq: input columns per scale (-1: per channel)' })
       .option('calibration', { type: 'string', describe: 'gptq/awq: calibration text or JSONL {"text"}' })
-      .option('eval', { type: 'string', describe: 'held-out text for perplexity before/after' }),
+      .option('eval', { type: 'string', describe: 'held-out text for perplexity before/after' })
+      .example('$0 quantize --config configs/quantize.yaml', 'GPTQ int4 of the merged LoRA model')
+      .example('$0 quantize --checkpoint runs/pretrain --method int8 --out runs/pretrain-int8', 'per-channel int8'),
   handler: handler<Args>('quantize', async (args) => {
     const cfg = loadStageConfig(QuantizeConfigSchema, args, {
       checkpoint: args.checkpoint, method: args.method, out_dir: args.out, group_size: args['group-size'],

@@ -16,7 +16,9 @@ export const serveCommand: CommandModule<GlobalArgs, Args> = {
       .option('api-key', { type: 'string', describe: 'require Authorization: Bearer <key> on /v1/*' })
       .option('lora', { type: 'string', array: true, describe: 'serve a LoRA adapter as a model: name=DIR (repeatable)' })
       .option('max-num-seqs', { type: 'number', describe: 'most sequences batched together' })
-      .option('model-name', { type: 'string', describe: 'the base model\'s name in requests (default: the directory name)' }),
+      .option('model-name', { type: 'string', describe: 'the base model\'s name in requests (default: the directory name)' })
+      .example('$0 serve --checkpoint runs/sft --port 8000', 'serve the SFT model to any OpenAI client on 127.0.0.1:8000')
+      .example('$0 serve --config configs/serve.yaml --lora chat=runs/lora', 'serve the base and a LoRA adapter as two models'),
   handler: handler<Args>('serve', async (args) => {
     const lora: Record<string, string> = {};
     for (const spec of args.lora ?? []) {
