@@ -133,11 +133,17 @@ function evaluator(data: SftData, params: () => Params, config: ModelConfig, cfg
 
 /**
  * Lock out_dir and apply the overwrite/resume policy (a resume must use the same config, data file and
- * base checkpoint), run, and release out_dir.
+ * base checkpoint, and any `more.files`), run, and release out_dir. Every training stage runs through it.
  */
-async function withOutputDir<R>(cfg: SftConfig | LoraStageConfig, o: FinetuneOptions, run: (resumeDir: string | undefined, inputs: Record<string, string>) => Promise<R>): Promise<R> {
-  const inputs = contentIds({ data: cfg.data.path, base: join(cfg.base, 'manifest.json') });
-  const resumeDir = resumableDir(cfg.out_dir, o.resume, { overwrite: o.overwrite, config: cfg, inputs });
+export async function withOutputDir<R>(
+  cfg: { out_dir: string; base: string; data: { path: string } },
+  o: { resume?: boolean; overwrite?: boolean },
+  run: (resumeDir: string | undefined, inputs: Record<string, string>) => Promise<R>,
+  more: { config?: unknown; files?: Record<string, string> } = {},
+): Promise<R> {
+  const inputs = contentIds({ data: cfg.data.path, base: join(cfg.base, 'manifest.json'), ...more.files });
+  // `config` is what the stage writes as the manifest's config (the default: the stage config itself).
+  const resumeDir = resumableDir(cfg.out_dir, o.resume, { overwrite: o.overwrite, config: more.config ?? cfg, inputs });
   try {
     return await run(resumeDir, inputs);
   } finally {
