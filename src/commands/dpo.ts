@@ -10,7 +10,8 @@ export const dpoCommand: CommandModule<GlobalArgs, Args> = {
   builder: (y) =>
     y
       .option('resume', { type: 'boolean', default: false, describe: 'continue the trainer checkpoint in out_dir (same config except train.max_steps / *_every / eval_batches)' })
-      .option('overwrite', { type: 'boolean', default: false, describe: 'replace the checkpoint already in out_dir (without it, an existing one is an error)' }),
+      .option('overwrite', { type: 'boolean', default: false, describe: 'replace the checkpoint already in out_dir (without it, an existing one is an error)' })
+      .example('$0 dpo --config configs/dpo.yaml', 'align the SFT model on preference pairs (reference: the base, log-probs precomputed)'),
   handler: handler<Args>('dpo', async (args) => {
     const cfg = loadStageConfig(DpoConfigSchema, args, { 'train.seed': args.seed });
     await startBackend(args);

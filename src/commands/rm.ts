@@ -16,7 +16,9 @@ export const rmCommand: CommandModule<GlobalArgs, Args> = {
       .option('overwrite', { type: 'boolean', default: false, describe: 'train: replace the checkpoint already in out_dir (without it, an existing one is an error)' })
       .option('checkpoint', { type: 'string', describe: 'score: reward model directory (full checkpoint or LoRA reward adapter)' })
       .option('data', { type: 'string', describe: 'score: JSONL of preference rows, or Alpaca / chat rows (scores the last assistant turn)' })
-      .option('skip-invalid', { type: 'boolean', default: false, describe: 'score: skip bad rows instead of stopping' }),
+      .option('skip-invalid', { type: 'boolean', default: false, describe: 'score: skip bad rows instead of stopping' })
+      .example('$0 rm --config configs/rm.yaml', 'train a reward model on the preference pairs named in the config')
+      .example('$0 rm score --checkpoint runs/rm --data data/alpaca_pref.jsonl', 'print {line, chosen, rejected} rewards, one JSON line per pair'),
   handler: handler<Args>('rm', async (args) => {
     if (args.action === 'score') {
       if (!args.checkpoint || !args.data) throw new InputError('rm score needs --checkpoint DIR and --data FILE');
