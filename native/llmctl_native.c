@@ -294,10 +294,22 @@ static inline __attribute__((always_inline)) void gemm_small_m_body(int fused, i
       } else {
         float arow[k1 - k0];
         for (long k = k0; k < k1; k++) arow[k - k0] = AT(A, ta, lda, m, k);
-        for (long n = 0; n < N; n++) {
+        const long kn = k1 - k0;
+        long n = 0;
+        /* eight columns at a time: eight independent sums (each still in k order) instead of one latency-bound chain */
+        for (; n + 8 <= N; n += 8) {
+          const float *b = B + n * ldb + k0;
+          float s[8] = {0};
+          for (long k = 0; k < kn; k++) {
+            const float a = arow[k];
+            for (int q = 0; q < 8; q++) s[q] = MADD(fused, a, b[q * ldb + k], s[q]);
+          }
+          for (int q = 0; q < 8; q++) c[n + q] = s[q] + (bb ? bb[n + q] : 0.0f) + (addc ? c[n + q] : 0.0f);
+        }
+        for (; n < N; n++) {
           const float *b = B + n * ldb + k0;
           float s = 0.0f;
-          for (long k = 0; k < k1 - k0; k++) s = MADD(fused, arow[k], b[k], s);
+          for (long k = 0; k < kn; k++) s = MADD(fused, arow[k], b[k], s);
           c[n] = s + (bb ? bb[n] : 0.0f) + (addc ? c[n] : 0.0f);
         }
       }
