@@ -249,34 +249,89 @@ static void ensure_pack_buffers(void) {
   }
 }
 
-/* Few rows (decoding a token, a bias gradient): no packing, stream B once per row. */
-CLONES static void gemm_small_m(int ta, int tb, long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc, float beta, const float *bias) {
+/* Few rows (decoding a token, a bias gradient): no packing, stream B once per row.
+ * Every element is computed with exactly the micro-kernels' arithmetic: per KC block of k, a sequential
+ * sum from 0 in k order (fused multiply-adds when the ISA kernels run, separate ones for ukr_c), then
+ * + bias (first block) and + C. So a row's result never depends on how many rows share the call or on how
+ * the threads cut M (a tail chunk of <= 4 rows lands here): scoring a sequence alone or in a batch gives
+ * the same bits. */
+static __thread float *tl_small;
+static __thread long tl_small_n;
+
+static float *small_acc(long n) {
+  if (n > tl_small_n) {
+    free(tl_small);
+    if (posix_memalign((void **)&tl_small, 64, sizeof(float) * n) != 0) abort();
+    tl_small_n = n;
+  }
+  return tl_small;
+}
+
+#define MADD(fused, a, b, acc) ((fused) ? fmaf((a), (b), (acc)) : (acc) + (a) * (b))
+
+static inline __attribute__((always_inline)) void gemm_small_m_body(int fused, int ta, int tb, long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc, float beta, const float *bias) {
+  float *acc = tb ? NULL : small_acc(N);
   for (long m = 0; m < M; m++) {
     float *c = C + m * ldc;
-    if (!tb) {
-      for (long n = 0; n < N; n++) c[n] = (beta != 0.0f ? c[n] : 0.0f) + (bias ? bias[n] : 0.0f);
-      long k = 0;
-      for (; k + 4 <= K; k += 4) {
-        float a0 = AT(A, ta, lda, m, k), a1 = AT(A, ta, lda, m, k + 1), a2 = AT(A, ta, lda, m, k + 2), a3 = AT(A, ta, lda, m, k + 3);
-        const float *b0 = B + k * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-        for (long n = 0; n < N; n++) c[n] += a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n];
-      }
-      for (; k < K; k++) {
-        float a = AT(A, ta, lda, m, k);
-        const float *b = B + k * ldb;
-        for (long n = 0; n < N; n++) c[n] += a * b[n];
-      }
-    } else {
-      float arow[K > 0 ? K : 1];
-      for (long k = 0; k < K; k++) arow[k] = AT(A, ta, lda, m, k);
-      for (long n = 0; n < N; n++) {
-        const float *b = B + n * ldb;
-        float s = 0.0f;
-        for (long k = 0; k < K; k++) s += arow[k] * b[k];
-        c[n] = s + (beta != 0.0f ? c[n] : 0.0f) + (bias ? bias[n] : 0.0f);
+    if (K == 0) {
+      for (long n = 0; n < N; n++) c[n] = (bias ? bias[n] : 0.0f) + (beta != 0.0f ? c[n] : 0.0f);
+      continue;
+    }
+    for (long k0 = 0; k0 < K; k0 += KC) {
+      const long k1 = K - k0 < KC ? K : k0 + KC;
+      const int first = k0 == 0;
+      const float *bb = first ? bias : NULL;
+      const int addc = !first || beta != 0.0f;
+      if (!tb) {
+        for (long n = 0; n < N; n++) acc[n] = 0.0f;
+        long k = k0;
+        /* four k at a time, still in k order: fewer passes over acc */
+        for (; k + 4 <= k1; k += 4) {
+          const float a0 = AT(A, ta, lda, m, k), a1 = AT(A, ta, lda, m, k + 1), a2 = AT(A, ta, lda, m, k + 2), a3 = AT(A, ta, lda, m, k + 3);
+          const float *b0 = B + k * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+          for (long n = 0; n < N; n++) acc[n] = MADD(fused, a3, b3[n], MADD(fused, a2, b2[n], MADD(fused, a1, b1[n], MADD(fused, a0, b0[n], acc[n]))));
+        }
+        for (; k < k1; k++) {
+          const float a = AT(A, ta, lda, m, k);
+          const float *b = B + k * ldb;
+          for (long n = 0; n < N; n++) acc[n] = MADD(fused, a, b[n], acc[n]);
+        }
+        for (long n = 0; n < N; n++) c[n] = acc[n] + (bb ? bb[n] : 0.0f) + (addc ? c[n] : 0.0f);
+      } else {
+        float arow[k1 - k0];
+        for (long k = k0; k < k1; k++) arow[k - k0] = AT(A, ta, lda, m, k);
+        const long kn = k1 - k0;
+        long n = 0;
+        /* eight columns at a time: eight independent sums (each still in k order) instead of one latency-bound chain */
+        for (; n + 8 <= N; n += 8) {
+          const float *b = B + n * ldb + k0;
+          float s[8] = {0};
+          for (long k = 0; k < kn; k++) {
+            const float a = arow[k];
+            for (int q = 0; q < 8; q++) s[q] = MADD(fused, a, b[q * ldb + k], s[q]);
+          }
+          for (int q = 0; q < 8; q++) c[n + q] = s[q] + (bb ? bb[n + q] : 0.0f) + (addc ? c[n + q] : 0.0f);
+        }
+        for (; n < N; n++) {
+          const float *b = B + n * ldb + k0;
+          float s = 0.0f;
+          for (long k = 0; k < kn; k++) s = MADD(fused, arow[k], b[k], s);
+          c[n] = s + (bb ? bb[n] : 0.0f) + (addc ? c[n] : 0.0f);
+        }
       }
     }
   }
+}
+
+/* With FMA (ukr_avx2 / ukr_avx512 run) and without (ukr_c; compiled for the baseline ISA, so no contraction). */
+CLONES static void gemm_small_m_fused(int ta, int tb, long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc, float beta, const float *bias) {
+  gemm_small_m_body(1, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, beta, bias);
+}
+static void gemm_small_m_plain(int ta, int tb, long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc, float beta, const float *bias) {
+  gemm_small_m_body(0, ta, tb, M, N, K, A, lda, B, ldb, C, ldc, beta, bias);
+}
+static void gemm_small_m(int ta, int tb, long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc, float beta, const float *bias) {
+  (g_isa > 0 ? gemm_small_m_fused : gemm_small_m_plain)(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, beta, bias);
 }
 
 static void gemm_st(int ta, int tb, long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc, float beta, const float *bias) {

@@ -22,9 +22,11 @@ import { parse as parseYaml } from 'yaml';
 import { makePreferenceBatch, disposePreferenceBatch, readPreferenceJsonl, tokenizePairs } from '../src/data/preference.js';
 import { importLlama2c } from '../src/model/llama2c.js';
 import { initParams } from '../src/model/init.js';
+import { loadForInference } from '../src/model/lora.js';
 import type { Params } from '../src/model/gpt.js';
 import { dpo, REF_LOGPS_FILE } from '../src/train/dpo.js';
 import { rm, rmLoss, rewardsOf } from '../src/train/rm.js';
+import { mergeLora } from '../src/train/sft.js';
 import { setupLogger } from '../src/util/log.js';
 import { tinyModel, tinyTokenizer, writeTinyBase } from './finetune-fixtures.js';
 import { FIXTURES_PREF, REPO, STORIES_BIN, TOK512_PATH } from './paths.js';
@@ -175,8 +177,23 @@ describe('reward model', () => {
     assert.ok(readFileSync(join(BASE, 'model.safetensors')).equals(baseBytes));
     const model = loadRewardModel(out);
     const pairs = readPreferenceJsonl(PREF).pairs.slice(0, 4);
-    assert.deepEqual(scoreConversations(model, pairs.map((p) => ({ prompt: p.prompt, response: p.chosen }))).map(Math.fround), inMemory.map(Math.fround));
+    const items = pairs.map((p) => ({ prompt: p.prompt, response: p.chosen }));
+    assert.deepEqual(scoreConversations(model, items).map(Math.fround), inMemory.map(Math.fround));
     model.dispose();
+
+    // lora merge keeps the head (a full reward model: W + s·A@B rounds differently from the unmerged
+    // forward, hence the tolerance), and it, like loadForInference, frees every tensor it loads.
+    const tensors = tf.memory().numTensors;
+    const merged = join(TMP, 'rm-lora-merged');
+    await mergeLora({ adapter: out, out: merged });
+    assert.equal(tf.memory().numTensors, tensors, 'lora merge frees the adapter and its head');
+    assert.deepEqual(JSON.parse(readFileSync(join(merged, 'config.json'), 'utf8')).architectures, ['GPT2ForSequenceClassification']);
+    const full = loadRewardModel(merged);
+    scoreConversations(full, items).forEach((r, i) => assert.ok(Math.abs(r - inMemory[i]!) < 1e-5, `merged reward ${i}: ${r} vs ${inMemory[i]}`));
+    full.dispose();
+    const inf = loadForInference(out);
+    inf.dispose();
+    assert.equal(tf.memory().numTensors, tensors, 'loadForInference of a reward adapter frees what it loads');
   });
 
   test('llmctl rm score prints one JSON line per pair', () => {

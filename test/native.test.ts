@@ -96,6 +96,32 @@ describe('native kernels against the WASM path', { skip: available ? false : `na
     }
   });
 
+  test('matmul is batch-invariant: each row of a many-row product equals that row alone, bit for bit (transposes, bias, > one K block, each micro-kernel)', () => {
+    // A row alone takes the few-rows path, a tail chunk of a threaded product may too, the rest the packed
+    // micro-kernel: all must round alike, or a sequence's reward / log-prob depends on its batch-mates.
+    const best = addon.info().isa === 'avx512' ? 2 : addon.info().isa === 'avx2' ? 1 : 0;
+    try {
+      for (let isa = 0; isa <= best; isa++) {
+        addon.forceIsa(isa);
+        for (const [M, N, K] of [[203, 40, 300], [37, 70, 520]] as [number, number, number][]) {
+          for (const ta of [false, true]) {
+            for (const tb of [false, true]) {
+              const a = randn(ta ? [K, M] : [M, K], rng), b = randn(tb ? [N, K] : [K, N], rng) as tf.Tensor2D, bias = randn([N], rng);
+              const all = tf.tidy(() => tf.fused.matMul({ a: a as tf.Tensor2D, b, transposeA: ta, transposeB: tb, bias }).dataSync() as Float32Array);
+              for (const i of [0, 1, 5, M - 5, M - 2, M - 1]) {
+                const row = tf.tidy(() => tf.fused.matMul({ a: (ta ? tf.slice(a, [0, i], [K, 1]) : tf.slice(a, [i, 0], [1, K])) as tf.Tensor2D, b, transposeA: ta, transposeB: tb, bias }).dataSync() as Float32Array);
+                assert.deepEqual(row, all.subarray(i * N, (i + 1) * N), `isa ${isa} ${M}x${N}x${K} ta=${ta} tb=${tb} row ${i}`);
+              }
+              tf.dispose([a, b, bias]);
+            }
+          }
+        }
+      }
+    } finally {
+      addon.forceIsa(best);
+    }
+  });
+
   /** Random parameters big enough that every term matters (as model.test.ts does). */
   let made = 0;
   function params(c: ModelConfig, seed: number, lora = false): Record<string, tf.Variable> {

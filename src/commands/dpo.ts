@@ -3,18 +3,19 @@ import { DpoConfigSchema } from '../config/align.js';
 import { dpo } from '../train/dpo.js';
 import { type GlobalArgs, handler, loadStageConfig, printSummary, startBackend, trainingSummary } from './common.js';
 
-type Args = GlobalArgs & { resume: boolean };
+type Args = GlobalArgs & { resume: boolean; overwrite: boolean };
 
 export const dpoCommand: CommandModule<GlobalArgs, Args> = {
   command: 'dpo',
   builder: (y) =>
     y
-      .option('resume', { type: 'boolean', default: false, describe: 'continue from the trainer state in out_dir' })
-      .example('$0 dpo --config configs/dpo.yaml', 'DPO of runs/sft on the Alpaca preference pairs'),
+      .option('resume', { type: 'boolean', default: false, describe: 'continue the trainer checkpoint in out_dir (same config except train.max_steps / *_every / eval_batches)' })
+      .option('overwrite', { type: 'boolean', default: false, describe: 'replace the checkpoint already in out_dir (without it, an existing one is an error)' })
+      .example('$0 dpo --config configs/dpo.yaml', 'align the SFT model on preference pairs (reference: the base, log-probs precomputed)'),
   handler: handler<Args>('dpo', async (args) => {
     const cfg = loadStageConfig(DpoConfigSchema, args, { 'train.seed': args.seed });
     await startBackend(args);
-    const r = await dpo(cfg, { resume: args.resume });
+    const r = await dpo(cfg, { resume: args.resume, overwrite: args.overwrite });
     const { val_ppl: _ppl, ...summary } = trainingSummary(r);
     const evalKeys = ['rewards/accuracies', 'rewards/margins', 'rewards/chosen', 'rewards/rejected', 'logps/chosen', 'logps/rejected'];
     printSummary(args, 'dpo', {

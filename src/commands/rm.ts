@@ -5,19 +5,20 @@ import { pairMetrics, rm } from '../train/rm.js';
 import { log } from '../util/log.js';
 import { type GlobalArgs, InputError, handler, loadStageConfig, printSummary, startBackend, trainingSummary } from './common.js';
 
-type Args = GlobalArgs & { action?: string; resume: boolean; checkpoint?: string; data?: string; 'skip-invalid': boolean };
+type Args = GlobalArgs & { action?: string; resume: boolean; overwrite: boolean; checkpoint?: string; data?: string; 'skip-invalid': boolean };
 
 export const rmCommand: CommandModule<GlobalArgs, Args> = {
   command: 'rm [action]',
   builder: (y) =>
     y
       .positional('action', { type: 'string', choices: ['train', 'score'], default: 'train', describe: 'train (with --config) or score' })
-      .option('resume', { type: 'boolean', default: false, describe: 'train: continue from the trainer state in out_dir' })
+      .option('resume', { type: 'boolean', default: false, describe: 'train: continue the trainer checkpoint in out_dir (same config except train.max_steps / *_every / eval_batches)' })
+      .option('overwrite', { type: 'boolean', default: false, describe: 'train: replace the checkpoint already in out_dir (without it, an existing one is an error)' })
       .option('checkpoint', { type: 'string', describe: 'score: reward model directory (full checkpoint or LoRA reward adapter)' })
       .option('data', { type: 'string', describe: 'score: JSONL of preference rows, or Alpaca / chat rows (scores the last assistant turn)' })
       .option('skip-invalid', { type: 'boolean', default: false, describe: 'score: skip bad rows instead of stopping' })
-      .example('$0 rm --config configs/rm.yaml', 'train a reward model on runs/sft with the Alpaca preference pairs')
-      .example('$0 rm score --checkpoint runs/rm --data data/alpaca_pref.jsonl', 'print a reward per row as JSON lines'),
+      .example('$0 rm --config configs/rm.yaml', 'train a reward model on the preference pairs named in the config')
+      .example('$0 rm score --checkpoint runs/rm --data data/alpaca_pref.jsonl', 'print {line, chosen, rejected} rewards, one JSON line per pair'),
   handler: handler<Args>('rm', async (args) => {
     if (args.action === 'score') {
       if (!args.checkpoint || !args.data) throw new InputError('rm score needs --checkpoint DIR and --data FILE');
@@ -35,7 +36,7 @@ export const rmCommand: CommandModule<GlobalArgs, Args> = {
     }
     const cfg = loadStageConfig(RmConfigSchema, args, { 'train.seed': args.seed });
     await startBackend(args);
-    const r = await rm(cfg, { resume: args.resume });
+    const r = await rm(cfg, { resume: args.resume, overwrite: args.overwrite });
     printSummary(args, 'rm', {
       out_dir: cfg.out_dir,
       base: cfg.base,

@@ -118,7 +118,12 @@ function adapterModelConfig(dir: string, baseModel: string, model?: ModelConfig)
   throw new Error(`${join(dir, ADAPTER_CONFIG_FILE)}: cannot find the base model's config.json (base_model_name_or_path ${JSON.stringify(baseModel)})`);
 }
 
-export function loadAdapter(dir: string, model?: ModelConfig): { lora: Params; config: LoraConfig; baseModel: string; heads: Params } {
+/** The base checkpoint an adapter dir names (adapter_config.json only; no tensors are read). */
+export function adapterBaseModel(dir: string): string {
+  return readAdapterConfig(dir).baseModel;
+}
+
+function readAdapterConfig(dir: string): { raw: Record<string, unknown> & { r: number; lora_alpha: number }; baseModel: string; cfgPath: string } {
   prepareToLoad(dir);
   const cfgPath = join(dir, ADAPTER_CONFIG_FILE);
   if (!existsSync(cfgPath)) throw new Error(`${cfgPath}: not found (is ${dir} a LoRA adapter directory?)`);
@@ -129,6 +134,11 @@ export function loadAdapter(dir: string, model?: ModelConfig): { lora: Params; c
   for (const f of ['use_dora', 'use_rslora'] as const) if (raw[f] === true) throw new Error(`${cfgPath}: ${f}: true is not supported`);
   if (raw.bias !== undefined && raw.bias !== 'none') throw new Error(`${cfgPath}: bias: ${JSON.stringify(raw.bias)} is not supported (only "none")`);
   const baseModel = resolveBaseModel(dir, String(raw.base_model_name_or_path ?? ''));
+  return { raw: raw as Record<string, unknown> & { r: number; lora_alpha: number }, baseModel, cfgPath };
+}
+
+export function loadAdapter(dir: string, model?: ModelConfig): { lora: Params; config: LoraConfig; baseModel: string; heads: Params } {
+  const { raw, baseModel } = readAdapterConfig(dir);
   const mc = adapterModelConfig(dir, baseModel, model);
   const path = join(dir, ADAPTER_WEIGHTS_FILE);
   const tensors = readSafetensors(path).tensors;
@@ -207,7 +217,7 @@ export function loadForInference(dir: string, adapterDir?: string): { model: Loa
   if (!existsSync(join(dir, 'model.safetensors')) && existsSync(join(dir, ADAPTER_CONFIG_FILE))) {
     if (adapterDir) throw new Error(`${dir}: is an adapter directory; pass its base as the checkpoint to use --adapter ${adapterDir}`);
     adapterDir = dir;
-    baseDir = loadAdapter(dir).baseModel;
+    baseDir = adapterBaseModel(dir);
     if (!baseDir) throw new Error(`${join(dir, ADAPTER_CONFIG_FILE)}: no base_model_name_or_path to load the base model from`);
   }
   const loaded = loadCheckpoint(baseDir);

@@ -16,13 +16,14 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type DpoLossType, dpoLoss, sequenceLogps } from '../align/losses.js';
 import { sha256File } from '../checkpoint/dir.js';
-import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState, resumableDir } from '../checkpoint/model.js';
+import { type LoadedCheckpoint, disposeParams, loadCheckpoint, loadTrainerState } from '../checkpoint/model.js';
 import { readSafetensors, toFloat32, writeSafetensors } from '../checkpoint/safetensors.js';
 import type { DpoConfig } from '../config/align.js';
 import { type PairExample, type PreferenceBatch, disposePreferenceBatch, fixedPairBatches, makePreferenceBatch, preferenceBatchSource } from '../data/preference.js';
 import { type ForwardOptions, type ModelConfig, type Params, forward } from '../model/gpt.js';
 import { Progress, log } from '../util/log.js';
 import { type AlignOptions, dataSummary, loadPreferenceData } from './rm.js';
+import { withOutputDir } from './sft.js';
 import { loadStageModel } from './stage-model.js';
 import type { BatchSource, TrainResult } from './trainer.js';
 import { train } from './trainer.js';
@@ -175,16 +176,35 @@ function writeCache(dir: string, key: string, t: { chosen: Float32Array; rejecte
   }, { key, format: 'llmctl-ref-logps' });
 }
 
+/** The reference a run uses, as its manifest records it. */
+export interface DpoReference {
+  path: string;
+  /** sha256 of the reference's manifest.json, as the parent's is recorded. */
+  sha256: string;
+  mode: 'base with the adapter off' | 'checkpoint';
+  precomputed: boolean;
+}
+
 export interface DpoResult extends TrainResult {
   trainableParams: number;
   baseParams: number;
   lora: boolean;
-  reference: { path: string; sha256: string; mode: string; precomputed: boolean; cache: 'computed' | 'reused' | 'none' };
+  reference: DpoReference & { cache: 'computed' | 'reused' | 'none' };
   data: ReturnType<typeof dataSummary>;
 }
 
 export async function dpo(cfg: DpoConfig, o: AlignOptions = {}): Promise<DpoResult> {
-  const resumeDir = resumableDir(cfg.out_dir, o.resume);
+  // The manifest's config is the stage config plus the reference actually used; a resume compares it,
+  // and the reference's identity (its manifest) as an input.
+  const refDir = cfg.ref ?? cfg.base;
+  const refManifest = join(refDir, 'manifest.json');
+  const sha256 = existsSync(refManifest) ? await sha256File(refManifest) : '';
+  const reference: DpoReference = { path: refDir, sha256, mode: cfg.lora && !cfg.ref ? 'base with the adapter off' : 'checkpoint', precomputed: cfg.dpo.precompute_ref_logps };
+  const files: Record<string, string> = cfg.ref ? { reference: join(cfg.ref, 'manifest.json') } : {};
+  return withOutputDir(cfg, o, (resumeDir, inputs) => dpoRun(cfg, o, resumeDir, inputs, reference), { config: { ...cfg, reference }, files });
+}
+
+async function dpoRun(cfg: DpoConfig, o: AlignOptions, resumeDir: string | undefined, inputs: Record<string, string>, reference: DpoReference): Promise<DpoResult> {
   const model = loadStageModel({ base: cfg.base, lora: cfg.lora, seed: cfg.train.seed, resumeDir, head: false });
   let refCk: LoadedCheckpoint | undefined;
   try {
@@ -193,7 +213,7 @@ export async function dpo(cfg: DpoConfig, o: AlignOptions = {}): Promise<DpoResu
     const all = [...data.train, ...data.val]; // the table covers both: train at 0, val at train.length
     const mean = cfg.dpo.loss_type === 'ipo';
     const padId = tokenizer.padId;
-    const refDir = cfg.ref ?? cfg.base;
+    const refDir = reference.path;
     const adapterOff = Boolean(model.frozenBase) && !cfg.ref;
     // Reference params, loaded only when needed: the base with the adapter off needs no load, and a fresh
     // full run can read the reference from the policy before its first step (they are the same weights).
@@ -250,13 +270,6 @@ export async function dpo(cfg: DpoConfig, o: AlignOptions = {}): Promise<DpoResu
       tokens: (b) => pairs.tokens(b),
       dispose: disposeDpoBatch,
     };
-    const refManifest = join(refDir, 'manifest.json');
-    const reference = {
-      path: refDir,
-      sha256: existsSync(refManifest) ? await sha256File(refManifest) : '', // of its manifest, as the parent's
-      mode: adapterOff ? 'base with the adapter off' : 'checkpoint',
-      precomputed: cfg.dpo.precompute_ref_logps,
-    };
     log().info({ base: cfg.base, reference: refDir, ref_mode: reference.mode, lora: Boolean(cfg.lora), trainable_params: model.trainableParams, loss: cfg.dpo.loss_type, beta: cfg.dpo.beta, precompute: cfg.dpo.precompute_ref_logps, resume: Boolean(resumeDir) }, 'dpo');
     const table = 'table' in ref ? ref.table : undefined;
     const result = await train<DpoBatch>({
@@ -279,6 +292,7 @@ export async function dpo(cfg: DpoConfig, o: AlignOptions = {}): Promise<DpoResu
           parentDir: cfg.base,
           metrics: payload.metrics,
           trainer: payload,
+          inputs,
           extra: table ? (tmp) => writeCache(tmp, key, table) : undefined,
         }),
       optim: cfg.optim,

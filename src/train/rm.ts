@@ -6,7 +6,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { bradleyTerryLoss } from '../align/losses.js';
 import { rewardForward } from '../align/reward.js';
-import { resumableDir, loadTrainerState } from '../checkpoint/model.js';
+import { loadTrainerState } from '../checkpoint/model.js';
 import type { PreferenceDataConfig, RmConfig } from '../config/align.js';
 import {
   type PairExample,
@@ -23,6 +23,7 @@ import { assertChatTokenizer } from '../data/sft.js';
 import type { ForwardOptions, ModelConfig, Params } from '../model/gpt.js';
 import type { Tokenizer } from '../tokenizer/index.js';
 import { log } from '../util/log.js';
+import { withOutputDir } from './sft.js';
 import { type StageModel, loadStageModel } from './stage-model.js';
 import { type TrainJob, type TrainResult, train } from './trainer.js';
 
@@ -134,7 +135,10 @@ export function rmEvaluate(params: Params, config: ModelConfig, examples: readon
 // ---------------------------------------------------------------------------------------------
 
 export interface AlignOptions {
+  /** Continue the trainer checkpoint in out_dir (same config and inputs; see src/checkpoint/output.ts). */
   resume?: boolean;
+  /** Replace a checkpoint already in out_dir. */
+  overwrite?: boolean;
   quiet?: boolean;
   onStep?: TrainJob<PreferenceBatch>['onStep'];
   /** Called after training, before the tensors are freed, with the trained model. */
@@ -148,8 +152,11 @@ export interface RmResult extends TrainResult {
   data: ReturnType<typeof dataSummary>;
 }
 
-export async function rm(cfg: RmConfig, o: AlignOptions = {}): Promise<RmResult> {
-  const resumeDir = resumableDir(cfg.out_dir, o.resume);
+export function rm(cfg: RmConfig, o: AlignOptions = {}): Promise<RmResult> {
+  return withOutputDir(cfg, o, (resumeDir, inputs) => rmRun(cfg, o, resumeDir, inputs));
+}
+
+async function rmRun(cfg: RmConfig, o: AlignOptions, resumeDir: string | undefined, inputs: Record<string, string>): Promise<RmResult> {
   const model = loadStageModel({ base: cfg.base, lora: cfg.lora, seed: cfg.train.seed, resumeDir, head: true });
   try {
     const { config, tokenizer } = model;
@@ -179,7 +186,7 @@ export async function rm(cfg: RmConfig, o: AlignOptions = {}): Promise<RmResult>
       },
       batches: preferenceBatchSource(data.train, cfg.train.batch_size, padId, cfg.train.seed, (resume?.state.step ?? 0) * cfg.train.grad_accum),
       evaluate: data.val.length ? () => rmEvaluate(model.params, config, data.val, cfg.train.batch_size, cfg.train.eval_batches, padId, model.fwd) : undefined,
-      save: (payload) => model.save(cfg.out_dir, { stage: 'rm', stageConfig: cfg, parentDir: cfg.base, metrics: payload.metrics, trainer: payload }),
+      save: (payload) => model.save(cfg.out_dir, { stage: 'rm', stageConfig: cfg, parentDir: cfg.base, metrics: payload.metrics, trainer: payload, inputs }),
       optim: cfg.optim,
       loop: cfg.train,
       resume,

@@ -134,11 +134,17 @@ function evaluator(data: SftData, params: () => Params, config: ModelConfig, cfg
 
 /**
  * Lock out_dir and apply the overwrite/resume policy (a resume must use the same config, data file and
- * base checkpoint), run, and release out_dir.
+ * base checkpoint, and any `more.files`), run, and release out_dir. Every training stage runs through it.
  */
-async function withOutputDir<R>(cfg: SftConfig | LoraStageConfig, o: FinetuneOptions, run: (resumeDir: string | undefined, inputs: Record<string, string>) => Promise<R>): Promise<R> {
-  const inputs = contentIds({ data: cfg.data.path, base: join(cfg.base, 'manifest.json') });
-  const resumeDir = resumableDir(cfg.out_dir, o.resume, { overwrite: o.overwrite, config: cfg, inputs });
+export async function withOutputDir<R>(
+  cfg: { out_dir: string; base: string; data: { path: string } },
+  o: { resume?: boolean; overwrite?: boolean },
+  run: (resumeDir: string | undefined, inputs: Record<string, string>) => Promise<R>,
+  more: { config?: unknown; files?: Record<string, string> } = {},
+): Promise<R> {
+  const inputs = contentIds({ data: cfg.data.path, base: join(cfg.base, 'manifest.json'), ...more.files });
+  // `config` is what the stage writes as the manifest's config (the default: the stage config itself).
+  const resumeDir = resumableDir(cfg.out_dir, o.resume, { overwrite: o.overwrite, config: more.config ?? cfg, inputs });
   try {
     return await run(resumeDir, inputs);
   } finally {
@@ -231,7 +237,7 @@ async function loraRun(cfg: LoraStageConfig, o: FinetuneOptions, resumeDir: stri
     data = loadSftData(cfg.data, tokenizer, config.n_ctx, loaded.dir);
     if (resumeDir) {
       const saved = loadAdapter(resumeDir, config);
-      initial = saved.lora;
+      initial = { ...saved.lora, ...saved.heads }; // a head (a reward adapter) is a mismatch below, and freed
       const want = new Set([...modules.flatMap((m) => [`${m}.lora_A`, `${m}.lora_B`]), ...wholeModules]);
       const got = Object.keys(initial);
       if (saved.config.r !== acfg.r || got.length !== want.size || got.some((k) => !want.has(k))) {
@@ -298,21 +304,22 @@ async function loraRun(cfg: LoraStageConfig, o: FinetuneOptions, resumeDir: stri
 export async function mergeLora(o: { base?: string; adapter: string; out: string; overwrite?: boolean }): Promise<{ base: string; config: ModelConfig; modules: number }> {
   // The adapter's own config.json (written by the lora stage) describes it best; a bare PEFT dir uses --base's.
   const ownConfig = existsSync(join(o.adapter, 'config.json'));
-  const { lora: adapterParams, config: acfg, baseModel } = loadAdapter(o.adapter, !ownConfig && o.base ? readModelConfig(o.base) : undefined);
+  // A reward adapter's head (modules_to_save score.weight) is kept: the merge is then a full reward model.
+  const { lora: adapterParams, config: acfg, baseModel, heads } = loadAdapter(o.adapter, !ownConfig && o.base ? readModelConfig(o.base) : undefined);
   const baseDir = o.base ?? baseModel;
   if (!baseDir) {
-    disposeParams(adapterParams);
+    disposeParams({ ...adapterParams, ...heads });
     throw new Error(`${join(o.adapter, 'adapter_config.json')}: no base_model_name_or_path; pass --base`);
   }
   if (!o.overwrite && [baseDir, o.adapter].some((d) => resolve(d) === resolve(o.out))) {
-    disposeParams(adapterParams);
+    disposeParams({ ...adapterParams, ...heads });
     throw new InputError(`--out ${o.out}: is the ${resolve(o.out) === resolve(baseDir) ? 'base checkpoint' : 'adapter'} being merged; choose another directory (or pass --overwrite to replace it)`);
   }
   let ck: LoadedCheckpoint;
   try {
     ck = alignBaseToAdapter(loadCheckpoint(baseDir), o.adapter);
   } catch (err) {
-    disposeParams(adapterParams);
+    disposeParams({ ...adapterParams, ...heads });
     throw err;
   }
   try {
@@ -325,6 +332,7 @@ export async function mergeLora(o: { base?: string; adapter: string; out: string
       await saveCheckpoint(o.out, {
         config: ck.config,
         params: merged,
+        heads,
         tokenizer: ck.tokenizer,
         stage: 'lora-merge',
         stageConfig: { base: baseDir, adapter: o.adapter, lora: acfg },
@@ -337,6 +345,6 @@ export async function mergeLora(o: { base?: string; adapter: string; out: string
     return { base: baseDir, config: ck.config, modules: Object.keys(adapterParams).filter((k) => k.endsWith('.lora_A')).length };
   } finally {
     disposeParams(ck.params);
-    disposeParams(adapterParams);
+    disposeParams({ ...adapterParams, ...heads });
   }
 }

@@ -32,7 +32,7 @@ export interface StageModel {
   trainableParams: number;
   baseParams: number;
   /** Write out_dir atomically through the one checkpoint writer. */
-  save(outDir: string, o: Pick<SaveOptions, 'stage' | 'stageConfig' | 'parentDir' | 'metrics' | 'trainer' | 'extra'>): Promise<void>;
+  save(outDir: string, o: Pick<SaveOptions, 'stage' | 'stageConfig' | 'parentDir' | 'metrics' | 'trainer' | 'extra' | 'inputs'>): Promise<void>;
   dispose(): void;
 }
 
