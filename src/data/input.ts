@@ -44,3 +44,36 @@ export function readTextFile(path: string, what: string): string {
     throw new InputError(`${path}: ${e.code === 'ENOENT' ? `${what} not found` : e.code === 'EACCES' ? `cannot read ${what} (permission denied)` : e.message}`);
   }
 }
+
+/** A bad JSONL row's reason (a missing or mistyped field); readJsonlRows reports it as `path: line N: reason`. */
+export class RowError extends Error {}
+
+/**
+ * Every non-blank line of a JSONL file (read as readTextFile does), parsed and handed to `onRow` with its line
+ * number. A line that is not JSON, or for which onRow throws a RowError, stops the read with `path: line N: …`,
+ * or with skipInvalid is skipped and counted (the first five reasons kept for the log).
+ */
+export function readJsonlRows(path: string, what: string, onRow: (value: unknown, line: number) => void, o: { skipInvalid?: boolean } = {}): { skipped: number; skippedReasons: string[] } {
+  const skippedReasons: string[] = [];
+  let skipped = 0;
+  readTextFile(path, what).split('\n').forEach((raw, i) => {
+    const line = i + 1;
+    if (!raw.trim()) return;
+    try {
+      let value: unknown;
+      try {
+        value = JSON.parse(raw);
+      } catch (err) {
+        throw new RowError(`not valid JSON (${(err as Error).message})`);
+      }
+      onRow(value, line);
+    } catch (err) {
+      if (!(err instanceof RowError)) throw err;
+      const msg = `${path}: line ${line}: ${err.message}`;
+      if (!o.skipInvalid) throw new Error(`${msg} (set data.skip_invalid: true to skip bad rows)`);
+      skipped += 1;
+      if (skippedReasons.length < 5) skippedReasons.push(msg);
+    }
+  });
+  return { skipped, skippedReasons };
+}

@@ -20,7 +20,7 @@
  * and rejected, so both see one prompt), then response tokens from the left: the response end is kept.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { existsSync, readFileSync } from 'node:fs';
+import { RowError, readJsonlRows } from './input.js';
 import type { ChatMessage, Tokenizer } from '../tokenizer/index.js';
 import type { BatchSource } from '../train/trainer.js';
 import { fixedBatches, shuffledBatchSource } from './sft.js';
@@ -28,7 +28,7 @@ import { fixedBatches, shuffledBatchSource } from './sft.js';
 export type PreferenceFormat = 'auto' | 'standard' | 'hh' | 'llamafactory' | 'ranked';
 
 /** A row error: the message is the part after "path: line N: ". */
-export class PreferenceRowError extends Error {}
+export class PreferenceRowError extends RowError {}
 
 export interface PreferencePair {
   line: number; // 1-based line in the file
@@ -222,30 +222,12 @@ function rankedPairs(r: Record<string, unknown>): Omit<PreferencePair, 'line'>[]
 
 /** Read a preference JSONL file. Blank lines are ignored; a bad row throws `path: line N: …` unless skipInvalid. */
 export function readPreferenceJsonl(path: string, o: { format?: PreferenceFormat; skipInvalid?: boolean } = {}): PreferenceReadResult {
-  if (!existsSync(path)) throw new Error(`${path}: preference data file not found`);
   const pairs: PreferencePair[] = [];
-  const skippedReasons: string[] = [];
-  let skipped = 0, rows = 0;
-  readFileSync(path, 'utf8').split('\n').forEach((raw, i) => {
-    const line = i + 1;
-    if (!raw.trim()) return;
-    try {
-      let value: unknown;
-      try {
-        value = JSON.parse(raw);
-      } catch (err) {
-        throw new PreferenceRowError(`not valid JSON (${(err as Error).message})`);
-      }
-      for (const p of rowToPairs(value, o.format)) pairs.push({ line, ...p });
-      rows += 1;
-    } catch (err) {
-      if (!(err instanceof PreferenceRowError)) throw err;
-      const msg = `${path}: line ${line}: ${err.message}`;
-      if (!o.skipInvalid) throw new Error(`${msg} (set data.skip_invalid: true to skip bad rows)`);
-      skipped += 1;
-      if (skippedReasons.length < 5) skippedReasons.push(msg);
-    }
-  });
+  let rows = 0;
+  const { skipped, skippedReasons } = readJsonlRows(path, 'preference data file', (value, line) => {
+    for (const p of rowToPairs(value, o.format)) pairs.push({ line, ...p });
+    rows += 1;
+  }, o);
   if (pairs.length === 0) throw new Error(`${path}: no valid preference rows${skipped ? ` (${skipped} skipped as invalid; first: ${skippedReasons[0]})` : ''}`);
   return { pairs, rows, skipped, skippedReasons };
 }

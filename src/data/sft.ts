@@ -16,7 +16,7 @@
  *    padded positions have mask 0.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { readTextFile } from './input.js';
+import { RowError, readJsonlRows } from './input.js';
 import { IM_END, IM_START, type ChatMessage, type Tokenizer } from '../tokenizer/index.js';
 import type { BatchSource } from '../train/trainer.js';
 import { Rng } from '../util/rng.js';
@@ -24,7 +24,7 @@ import { Rng } from '../util/rng.js';
 export type SftFormat = 'auto' | 'alpaca' | 'chat';
 
 /** A row error: the message is the part after "path: line N: ". */
-export class SftRowError extends Error {}
+export class SftRowError extends RowError {}
 
 export interface SftRow {
   line: number; // 1-based line in the file
@@ -91,29 +91,8 @@ function kind(v: unknown): string {
 
 /** Read an SFT JSONL file. Blank lines are ignored; a bad row throws `path: line N: …` unless skipInvalid. */
 export function readSftJsonl(path: string, o: { format?: SftFormat; skipInvalid?: boolean } = {}): SftReadResult {
-  const lines = readTextFile(path, 'SFT data file').split('\n');
   const rows: SftRow[] = [];
-  const skippedReasons: string[] = [];
-  let skipped = 0;
-  lines.forEach((raw, i) => {
-    const line = i + 1;
-    if (!raw.trim()) return;
-    try {
-      let value: unknown;
-      try {
-        value = JSON.parse(raw);
-      } catch (err) {
-        throw new SftRowError(`not valid JSON (${(err as Error).message})`);
-      }
-      rows.push({ line, messages: rowToMessages(value, o.format) });
-    } catch (err) {
-      if (!(err instanceof SftRowError)) throw err;
-      const msg = `${path}: line ${line}: ${err.message}`;
-      if (!o.skipInvalid) throw new Error(`${msg} (set data.skip_invalid: true to skip bad rows)`);
-      skipped += 1;
-      if (skippedReasons.length < 5) skippedReasons.push(msg);
-    }
-  });
+  const { skipped, skippedReasons } = readJsonlRows(path, 'SFT data file', (value, line) => rows.push({ line, messages: rowToMessages(value, o.format) }), o);
   if (rows.length === 0) throw new Error(`${path}: no valid rows${skipped ? ` (${skipped} skipped as invalid)` : ''}`);
   return { rows, skipped, skippedReasons };
 }
