@@ -407,7 +407,7 @@ static void gemm_mt(gemm_job *j) {
   int nr = nr_of_isa();
   atomic_init(&j->next, 0);
   j->chunk_n = j->chunk_m = 0;
-  if (flops < 4e5 || g_threads == 1) {
+  if (flops < 8e6 || g_threads == 1) { /* below ~8 MFLOP (a 16-row decode step) waking a second thread costs more than it saves */
     j->chunks = j->batch;
     for (long c = 0; c < j->batch; c++) gemm_chunk(j, c);
     return;
