@@ -220,6 +220,21 @@ describe('resume', () => {
     await prepare(PrepareConfigSchema.parse({ inputs: [text], out_dir: data, tokenizer: { train: { vocab_size: 300 } } }));
   })();
 
+  test('model dropout is drawn from the seeded RNG: identical runs give identical losses, and resume reproduces them', async () => {
+    await prepared;
+    const drop = { model: { dropout: 0.2 }, train: { max_steps: 4 } };
+    const a = await pretrain(cfg(fresh('mdrop-a'), drop), { quiet: true });
+    const b = await pretrain(cfg(fresh('mdrop-b'), drop), { quiet: true });
+    assert.deepEqual(b.losses, a.losses);
+    const off = await pretrain(cfg(fresh('mdrop-off'), { train: { max_steps: 4 } }), { quiet: true });
+    assert.notDeepEqual(off.losses, a.losses, 'dropout is really on');
+    const split = fresh('mdrop-split');
+    const first = await pretrain(cfg(split, { model: { dropout: 0.2 }, train: { max_steps: 2 } }), { quiet: true });
+    const rest = await pretrain(cfg(split, drop), { quiet: true, resume: true });
+    const resumed = [...first.losses, ...rest.losses];
+    for (let i = 0; i < 4; i++) assert.ok(Math.abs(resumed[i]! - a.losses[i]!) < 1e-5, `step ${i + 1}: ${resumed[i]} vs ${a.losses[i]}`);
+  });
+
   test('a changed architecture, optimizer or data is refused naming the field; max_steps may change', async () => {
     await prepared;
     const out = fresh('resume');

@@ -314,7 +314,7 @@ function attn(p: Params, name: string, x: tf.Tensor2D, B: number, T: number, lay
     scores = tf.reshape(tf.add(tf.reshape(scores, [G, rep, T, S]), o.leftPad ? tf.reshape(mask, [G, rep, T, S]) : mask), [G, rep * T, S]);
   }
   let att = tf.softmax(scores) as tf.Tensor3D;
-  if (o.training && c.dropout > 0) att = tf.dropout(att, c.dropout) as tf.Tensor3D;
+  if (o.training && c.dropout > 0) att = fastDropout(att, c.dropout); // seeded (seedDropout): a resumed run draws the same masks
   const y = tf.transpose(tf.reshape(bmm(att, v3), [B, c.n_head, T, hd]), [0, 2, 1, 3]);
   return linear(p, `${name}.o_proj`, tf.reshape(y, [B * T, c.n_embd]) as tf.Tensor2D, o);
 }
@@ -385,7 +385,7 @@ function fusedBlock(p: Params, i: number, x: tf.Tensor2D, B: number, T: number, 
 }
 
 function dropout(x: tf.Tensor2D, c: ModelConfig, o: ForwardOptions): tf.Tensor2D {
-  return o.training && c.dropout > 0 ? (tf.dropout(x, c.dropout) as tf.Tensor2D) : x;
+  return o.training && c.dropout > 0 ? fastDropout(x, c.dropout) : x;
 }
 
 /** The same attention block over a paged KV cache: the step's flat tokens, RoPE at each token's own position. */
