@@ -11,7 +11,8 @@ import * as readline from 'node:readline';
 import type { Readable, Writable } from 'node:stream';
 import { type LoadedCheckpoint, MODEL_FILE, disposeParams, loadCheckpoint } from '../../checkpoint/model.js';
 import { IM_END, IM_START } from '../../tokenizer/index.js';
-import { forward } from '../../model/gpt.js';
+import { SCORE, rewardForward } from '../../align/reward.js';
+import { oneHotFloat } from '../../model/kernels.js';
 import { Rng } from '../../util/rng.js';
 import { DataError } from '../read.js';
 import { type BattleRecord, appendBattle, readBattlesIfAny } from './battles.js';
@@ -57,7 +58,7 @@ export function loadRewardModel(dir: string): RewardModel {
     throw new DataError(`${join(dir, MODEL_FILE)}: not a reward model (no '${SCORE_WEIGHT}' of ${config.n_embd} values; train one with llmctl rm)`);
   }
   const tok = ck.tokenizer;
-  const head = tf.reshape(w, [config.n_embd, 1]);
+  const withHead = { ...params, [SCORE]: w };
   const chat = tok.kind === 'byte_level' && tok.tokenToId(IM_START) !== undefined && tok.tokenToId(IM_END) !== undefined;
   const encode = (prompt: string, answer: string): number[] => {
     if (!chat) return tok.encode(prompt + answer, { addBos: tok.bosId !== undefined, allowSpecial: false });
@@ -69,15 +70,14 @@ export function loadRewardModel(dir: string): RewardModel {
       let ids = encode(prompt, answer);
       if (!ids.length) ids = [tok.eosId];
       ids = ids.slice(-config.n_ctx);
+      // The same head read as `llmctl rm` trains and scores it (align/reward.ts).
       return tf.tidy(() => {
         const input = tf.tensor2d([ids], [1, ids.length], 'int32');
-        const { hidden } = forward(params, config, input, { returnHidden: true });
-        const last = tf.reshape(tf.slice(hidden!, [0, ids.length - 1, 0], [1, 1, config.n_embd]), [1, config.n_embd]);
-        return tf.matMul(last, head).dataSync()[0] ?? 0;
+        const last = tf.reshape(oneHotFloat(tf.tensor1d([ids.length - 1], 'int32'), ids.length), [ids.length]) as tf.Tensor1D;
+        return rewardForward(withHead, config, input, last).dataSync()[0] ?? 0;
       });
     },
     dispose() {
-      head.dispose();
       w.dispose();
       disposeParams(params);
     },
