@@ -14,7 +14,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { LanguageModel } from '../model/generate.js';
-import { type ForwardOptions, type KVCache, disposeCache, emptyCache, forward } from '../model/gpt.js';
+import { type ForwardOptions, disposeCache, emptyCache, forward, repeatCacheRow } from '../model/gpt.js';
 
 export interface LoglikResult {
   ll: number;
@@ -102,16 +102,6 @@ function run(model: LanguageModel, rows: number[][], o: ForwardOptions): tf.Tens
   return logits;
 }
 
-/** Row `b` of a batch cache, its first `length` positions, copied into `n` rows (one per choice). */
-function rowCache(cache: KVCache, b: number, length: number, n: number): KVCache {
-  // Contiguous caches are [B, n_kv_head, S, hd]; the native kernels' preallocated ones [B, n_ctx, n_kv_head, hd],
-  // whose positions past `length` are overwritten by the next forward.
-  const pre = Boolean(cache.preallocated);
-  const size = (t: tf.Tensor4D): [number, number, number, number] => (pre ? [1, t.shape[1], t.shape[2], t.shape[3]] : [1, t.shape[1], length, t.shape[3]]);
-  const pick = (t: tf.Tensor4D | null) => (t ? tf.tidy(() => tf.tile(tf.slice(t, [b, 0, 0, 0], size(t)), [n, 1, 1, 1]) as tf.Tensor4D) : null);
-  return { k: cache.k.map(pick), v: cache.v.map(pick), length, ...(pre ? { preallocated: true } : {}) };
-}
-
 /**
  * Shared-context scoring: the contexts of up to `batchSize` questions run in one forward (right-padded, longest
  * first); each choice's first token is scored from its context's last position, and when choices have more
@@ -145,7 +135,7 @@ export function scoreGroupsShared(model: LanguageModel, groups: ChoiceGroup[], b
           out[gi] = firsts;
         } else {
           const rows = rest.map((r) => (r.length ? r : [model.tokenizer.eosId])); // an empty row is padding, never read
-          const own = rowCache(cache, b, L, rows.length);
+          const own = repeatCacheRow(cache, b, L, rows.length);
           try {
             const more = run(model, rows, { ...fwd, cache: own });
             if (stats) { stats.forwards++; stats.tokensRun += rows.length * Math.max(...rows.map((r) => r.length)); }

@@ -157,6 +157,18 @@ export function disposeCache(cache: KVCache): void {
   cache.preallocated = undefined;
 }
 
+/**
+ * Row `b` of a batch cache, its first `length` positions, copied into `n` rows (e.g. one per answer choice
+ * continuing a shared context). Contiguous caches are [B, n_kv_head, S, hd]; the native kernels' preallocated ones
+ * [B, n_ctx, n_kv_head, hd], whose positions past `length` the next forward overwrites.
+ */
+export function repeatCacheRow(cache: KVCache, b: number, length: number, n: number): KVCache {
+  const pre = Boolean(cache.preallocated);
+  const size = (t: tf.Tensor4D): [number, number, number, number] => (pre ? [1, t.shape[1], t.shape[2], t.shape[3]] : [1, t.shape[1], length, t.shape[3]]);
+  const pick = (t: tf.Tensor4D | null) => (t ? tf.tidy(() => tf.tile(tf.slice(t, [b, 0, 0, 0], size(t)), [n, 1, 1, 1]) as tf.Tensor4D) : null);
+  return { k: cache.k.map(pick), v: cache.v.map(pick), length, ...(pre ? { preallocated: true } : {}) };
+}
+
 /** x [N, in] @ W [in, out] + b, plus the LoRA update (x @ A) @ B * scale when the adapter is present. */
 function linear(p: Params, name: string, x: tf.Tensor2D, opts: ForwardOptions): tf.Tensor2D {
   opts.onLinearInput?.(name, x);
