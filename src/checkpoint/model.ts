@@ -256,15 +256,20 @@ export function resumableDir(outDir: string, resume: boolean | undefined, o: Omi
   return openOutputDir(outDir, { ...o, resume }).resumeDir;
 }
 
-/** Every tensor of a safetensors file under its stored name, as written (e.g. a value head), checked finite. */
-export function readTensorFile(path: string): Record<string, tf.Tensor> {
-  const out: Record<string, tf.Tensor> = {};
+/** Every tensor of a safetensors file under its stored name, as written, on the host and checked finite. */
+export function readHostFile(path: string): Record<string, HostTensor> {
+  const out: Record<string, HostTensor> = {};
   for (const [name, t] of Object.entries(readSafetensors(path).tensors)) {
     const data = toFloat32(t);
     assertFinite(path, name, data);
-    out[name] = tf.tensor(data, t.shape, 'float32');
+    out[name] = { shape: t.shape.slice(), data };
   }
   return out;
+}
+
+/** The same as tensors (e.g. a value head). */
+export function readTensorFile(path: string): Record<string, tf.Tensor> {
+  return Object.fromEntries(Object.entries(readHostFile(path)).map(([k, t]) => [k, tf.tensor(t.data, t.shape, 'float32')]));
 }
 
 /** Trainable copies of loaded tensors (the tensors are consumed). */
@@ -282,12 +287,7 @@ export function loadTrainerState(dir: string): { state: TrainerState; optimizer:
   prepareToLoad(dir);
   if (!existsSync(join(dir, 'trainer_state.json'))) return undefined;
   const state = readTrainerState(dir);
-  const { tensors } = readSafetensors(join(dir, OPTIMIZER_FILE));
-  const optimizer: Record<string, Float32Array> = {};
-  for (const [k, t] of Object.entries(tensors)) {
-    optimizer[k] = toFloat32(t);
-    assertFinite(join(dir, OPTIMIZER_FILE), k, optimizer[k]);
-  }
+  const optimizer = Object.fromEntries(Object.entries(readHostFile(join(dir, OPTIMIZER_FILE))).map(([k, t]) => [k, t.data]));
   return { state, optimizer };
 }
 
