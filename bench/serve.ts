@@ -140,6 +140,7 @@ const HEADER = '| arrivals | max_num_seqs | requests | seconds | output tok/s | 
 async function withServer<T>(seqs: number, fn: (url: string) => Promise<T>): Promise<T> {
   const s = await startServer(seqs);
   try {
+    await run(s.url, seqs, Infinity, ps.slice(0, 32)); // untimed warm-up
     return await fn(s.url);
   } finally {
     await stopServer(s);
@@ -155,6 +156,8 @@ console.log(HEADER);
 const one = await startServer(1), batched = await startServer(16);
 const ratios: string[] = [];
 try {
+  // Untimed warm-up of both servers (V8 compiles the hot paths during the first few hundred steps).
+  for (const [seqs, s] of [[1, one], [16, batched]] as const) await run(s.url, seqs, Infinity, ps.slice(0, 32));
   for (const rate of RATES) {
     const rs: number[] = [], rsCpu: number[] = [];
     for (let rep = 0; rep < REPS; rep++) {

@@ -185,6 +185,42 @@ static void ukr_c(long kc, const float *A, const float *B, float *C, long ldc, i
   }
 }
 
+/* The same micro-kernel reading A and B in place (row-major, no transposes): for products with a few dozen
+ * rows, packing B costs as much as the arithmetic (every weight matrix is repacked on each decode step). Rows
+ * past mr read row mr-1 again and columns past nr are masked, so nothing outside the operands is touched;
+ * the sums run in the same k order with the same fused multiply-adds, so the result is bit-identical. */
+__attribute__((target("avx512f,fma"))) static void ukr_avx512_direct(long kc, const float *A, long lda, const float *B, long ldb, float *C, long ldc, int mr, int nr,
+                                                                     float beta, const float *bias) {
+  const float *a0 = A, *a1 = A + (mr > 1 ? 1 : 0) * lda, *a2 = A + (mr > 2 ? 2 : mr - 1) * lda, *a3 = A + (mr > 3 ? 3 : mr - 1) * lda;
+  const float *a4 = A + (mr > 4 ? 4 : mr - 1) * lda, *a5 = A + (mr > 5 ? 5 : mr - 1) * lda;
+  __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+  __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (long k = 0; k < kc; k++) {
+    __m512 b0 = _mm512_maskz_loadu_ps(m0, B + k * ldb), b1 = _mm512_maskz_loadu_ps(m1, B + k * ldb + 16), a;
+    a = _mm512_set1_ps(a0[k]); c00 = _mm512_fmadd_ps(a, b0, c00); c01 = _mm512_fmadd_ps(a, b1, c01);
+    a = _mm512_set1_ps(a1[k]); c10 = _mm512_fmadd_ps(a, b0, c10); c11 = _mm512_fmadd_ps(a, b1, c11);
+    a = _mm512_set1_ps(a2[k]); c20 = _mm512_fmadd_ps(a, b0, c20); c21 = _mm512_fmadd_ps(a, b1, c21);
+    a = _mm512_set1_ps(a3[k]); c30 = _mm512_fmadd_ps(a, b0, c30); c31 = _mm512_fmadd_ps(a, b1, c31);
+    a = _mm512_set1_ps(a4[k]); c40 = _mm512_fmadd_ps(a, b0, c40); c41 = _mm512_fmadd_ps(a, b1, c41);
+    a = _mm512_set1_ps(a5[k]); c50 = _mm512_fmadd_ps(a, b0, c50); c51 = _mm512_fmadd_ps(a, b1, c51);
+  }
+  __m512 bb0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+  __m512 bb1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+  __m512 rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int r = 0; r < mr; r++) {
+    float *cr = C + r * ldc;
+    __m512 v0 = _mm512_add_ps(rows[r][0], bb0), v1 = _mm512_add_ps(rows[r][1], bb1);
+    if (beta != 0.0f) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
+    }
+    _mm512_mask_storeu_ps(cr, m0, v0);
+    if (m1) _mm512_mask_storeu_ps(cr + 16, m1, v1);
+  }
+}
+
 static int nr_of_isa(void) { return g_isa == 2 ? 32 : 16; }
 static ukr_fn ukr_of_isa(void) { return g_isa == 2 ? ukr_avx512 : g_isa == 1 ? ukr_avx2 : ukr_c; }
 
@@ -336,6 +372,17 @@ static void gemm_small_m(int ta, int tb, long M, long N, long K, const float *A,
 
 static void gemm_st(int ta, int tb, long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc, float beta, const float *bias) {
   if (M <= 0 || N <= 0) return;
+  if (g_isa == 2 && !ta && !tb && M <= 48 && K > 0) { /* up to a few dozen rows (decode steps): no packing */
+    for (long pc = 0; pc < K; pc += KC) {
+      long kc = K - pc < KC ? K - pc : KC;
+      int first = pc == 0;
+      for (long jr = 0; jr < N; jr += 32)
+        for (long ir = 0; ir < M; ir += MR)
+          ukr_avx512_direct(kc, A + ir * lda + pc, lda, B + pc * ldb + jr, ldb, C + ir * ldc + jr, ldc, M - ir < MR ? (int)(M - ir) : MR,
+                            N - jr < 32 ? (int)(N - jr) : 32, first ? beta : 1.0f, first && bias ? bias + jr : NULL);
+    }
+    return;
+  }
   if ((M <= 4 && K <= 16384) || K == 0) {
     gemm_small_m(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, beta, bias);
     return;
@@ -753,6 +800,125 @@ static void attn_bwd_task(void *p, int tid, int nt) {
   }
 }
 
+/* ------------------------------------------------------------------ paged attention (serve)
+ * The tokens of a serving step belong to many sequences, each at its own positions, with keys/values in a
+ * block pool that lives outside the heap (src/serve/paged-attention.ts: one Float32Array per layer, rows of
+ * KVH·hd floats). Token i sits at position pos[i]; the pool slots of its sequence's positions 0..pos[i] are
+ * slots[base[i] + 0..pos[i]]. Every token's new k/v are written first, then each (token, head) attends over
+ * its own sequence: a prompt chunk reads its earlier rows from the pool like a decode token does. */
+typedef struct {
+  const int32_t *pos, *base, *slots;
+  float *kpool, *vpool;
+} paged_tables;
+
+typedef struct {
+  atomic_long next; /* next (token, head) unit to take */
+  long N, H, KVH, hd;
+  float scale;
+  const float *q; /* [N, H·hd], RoPE applied */
+  float *y;       /* [N, H·hd] */
+  const paged_tables *pt;
+} paged_job;
+
+/* q·k over one head: a vector of partial sums and one tree reduction (a running scalar sum would be a chain of
+ * dependent adds, the whole cost of a short head). */
+__attribute__((target("avx512f,fma"))) static float dot_avx512(const float *a, const float *b, long n) {
+  __m512 acc = _mm512_setzero_ps();
+  long d = 0;
+  for (; d + 16 <= n; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc);
+  if (d < n) {
+    __mmask16 m = (__mmask16)((1u << (n - d)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + d), _mm512_maskz_loadu_ps(m, b + d), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+static float dot_plain(const float *a, const float *b, long n) {
+  float part[8] = {0}, dot = 0.0f;
+  long d = 0;
+  for (; d + 8 <= n; d += 8)
+    for (int l = 0; l < 8; l++) part[l] += a[d + l] * b[d + l];
+  for (; d < n; d++) dot += a[d] * b[d];
+  return dot + ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+}
+
+CLONES static void paged_attend(const float *q, const float *kp, const float *vp, const int32_t *slots, long ctx, long kvd, long hd, float scale,
+                                float *s, float *y) {
+  float (*dot)(const float *, const float *, long) = g_isa == 2 ? dot_avx512 : dot_plain;
+  float mx = -INFINITY;
+  for (long c = 0; c < ctx; c++) {
+    s[c] = dot(q, kp + (long)slots[c] * kvd, hd) * scale;
+    mx = s[c] > mx ? s[c] : mx;
+  }
+  float sum = 0.0f;
+  for (long c = 0; c < ctx; c++) {
+    s[c] = fast_expf(s[c] - mx);
+    sum += s[c];
+  }
+  float inv = 1.0f / sum;
+  for (long d = 0; d < hd; d++) y[d] = 0.0f;
+  for (long c = 0; c < ctx; c++) {
+    const float *v = vp + (long)slots[c] * kvd;
+    float w = s[c] * inv;
+    for (long d = 0; d < hd; d++) y[d] += w * v[d];
+  }
+}
+
+static void paged_task(void *p, int tid, int nt) {
+  paged_job *j = (paged_job *)p;
+  const paged_tables *pt = j->pt;
+  long rep = j->H / j->KVH, kvd = j->KVH * j->hd, d = j->H * j->hd;
+  (void)tid;
+  (void)nt;
+  for (long u; (u = atomic_fetch_add(&j->next, 1)) < j->N * j->H;) {
+    long i = u / j->H, h = u % j->H, g = h / rep, ctx = (long)pt->pos[i] + 1;
+    paged_attend(j->q + i * d + h * j->hd, pt->kpool + g * j->hd, pt->vpool + g * j->hd, pt->slots + pt->base[i], ctx, kvd, j->hd, j->scale,
+                 scratch(ctx), j->y + i * d + h * j->hd);
+  }
+}
+
+/* q [N, H·hd] and k [N, KVH·hd] rotated in place, each token at its own position. */
+CLONES static void rope_rows(float *x, long N, long nh, long hd, const int32_t *pos) {
+  long half = hd / 2;
+  for (long i = 0; i < N; i++) {
+    const float *c = tl_rope_cos + (long)pos[i] * half, *s = tl_rope_sin + (long)pos[i] * half;
+    for (long h = 0; h < nh; h++) {
+      float *xr = x + (i * nh + h) * hd;
+      for (long t = 0; t < half; t++) {
+        float x1 = xr[t], x2 = xr[t + half];
+        xr[t] = x1 * c[t] - x2 * s[t];
+        xr[t + half] = x2 * c[t] + x1 * s[t];
+      }
+    }
+  }
+}
+
+/* RoPE (llama) at each token's position, store k/v in the pool, attend. q and k are scratch (rotated in place). */
+static void paged_attention(float *q, float *k, const float *v, float *y, long N, long H, long KVH, long hd, int llama, double theta,
+                            const paged_tables *pt) {
+  long kvd = KVH * hd, maxpos = 0;
+  for (long i = 0; i < N; i++) maxpos = pt->pos[i] > maxpos ? pt->pos[i] : maxpos;
+  if (llama) {
+    rope_table(maxpos + 1, hd, theta);
+    rope_rows(q, N, H, hd, pt->pos);
+    rope_rows(k, N, KVH, hd, pt->pos);
+  }
+  for (long i = 0; i < N; i++) {
+    long slot = pt->slots[pt->base[i] + pt->pos[i]];
+    memcpy(pt->kpool + slot * kvd, k + i * kvd, sizeof(float) * kvd);
+    memcpy(pt->vpool + slot * kvd, v + i * kvd, sizeof(float) * kvd);
+  }
+  paged_job j;
+  atomic_init(&j.next, 0);
+  j.N = N; j.H = H; j.KVH = KVH; j.hd = hd;
+  j.scale = 1.0f / sqrtf((float)hd);
+  j.q = q;
+  j.y = y;
+  j.pt = pt;
+  double flops = 0;
+  for (long i = 0; i < N; i++) flops += 4.0 * H * hd * (pt->pos[i] + 1);
+  parallel(paged_task, &j, flops < 2e6 ? 1 : (int)(N * H)); /* a decode step of 16 short sequences: waking a thread costs more */
+}
+
 /* ------------------------------------------------------------------ one whole block, inference only
  * Decoding runs ~20 small kernels per layer; on one token each is a few microseconds of work and as much
  * again of tfjs bookkeeping. With a KV cache (no gradient can flow) the model runs each block as this one
@@ -786,7 +952,7 @@ static void gemm_call(long M, long N, long K, const float *A, const float *B, fl
 }
 
 static void block_fwd(const float *x, float *out, const block_weights *w, long B, long T, long d, long H, long KVH, long hd, long inner, long cap,
-                      long pos0, float eps, double theta, int llama) {
+                      long pos0, float eps, double theta, int llama, const paged_tables *pt) {
   long N = B * T, kvd = KVH * hd, S = pos0 + T;
   long need = N * (3 * d + 2 * kvd + 2 * inner + 2);
   if (tl_block_n < need) {
@@ -801,25 +967,29 @@ static void block_fwd(const float *x, float *out, const block_weights *w, long B
   gemm_call(N, d, d, h, w->wq, q, 0.0f, w->bq);
   gemm_call(N, kvd, d, h, w->wk, k, 0.0f, w->bk);
   gemm_call(N, kvd, d, h, w->wv, v, 0.0f, w->bv);
-  if (llama) {
-    rope_table(S, hd, theta);
-    rope_apply(q, q, B, T, H, hd, pos0, 0);
-    rope_apply(k, k, B, T, KVH, hd, pos0, 0);
+  if (pt) {
+    paged_attention(q, k, v, att, N, H, KVH, hd, llama, theta, pt); /* B = 1: N tokens of many sequences */
+  } else {
+    if (llama) {
+      rope_table(S, hd, theta);
+      rope_apply(q, q, B, T, H, hd, pos0, 0);
+      rope_apply(k, k, B, T, KVH, hd, pos0, 0);
+    }
+    for (long b = 0; b < B; b++) {
+      memcpy(w->kc + (b * cap + pos0) * kvd, k + b * T * kvd, sizeof(float) * T * kvd);
+      memcpy(w->vc + (b * cap + pos0) * kvd, v + b * T * kvd, sizeof(float) * T * kvd);
+    }
+    attn_job aj;
+    atomic_init(&aj.next, 0);
+    aj.B = B; aj.H = H; aj.KVH = KVH; aj.T = T; aj.S = S; aj.hd = hd; aj.pos0 = pos0;
+    aj.scale = 1.0f / sqrtf((float)hd);
+    aj.q = q; aj.qb = T * d; aj.qh = hd; aj.qt = d;
+    aj.k = w->kc; aj.kb = cap * kvd; aj.kh = hd; aj.kt = kvd;
+    aj.v = w->vc; aj.vb = cap * kvd; aj.vh = hd; aj.vt = kvd;
+    aj.y = att; aj.yb = T * d; aj.yh = hd; aj.yt = d;
+    aj.P = NULL;
+    parallel(attn_fwd_task, &aj, 4.0 * B * H * T * S * hd < 2e5 ? 1 : (int)(B * H));
   }
-  for (long b = 0; b < B; b++) {
-    memcpy(w->kc + (b * cap + pos0) * kvd, k + b * T * kvd, sizeof(float) * T * kvd);
-    memcpy(w->vc + (b * cap + pos0) * kvd, v + b * T * kvd, sizeof(float) * T * kvd);
-  }
-  attn_job aj;
-  atomic_init(&aj.next, 0);
-  aj.B = B; aj.H = H; aj.KVH = KVH; aj.T = T; aj.S = S; aj.hd = hd; aj.pos0 = pos0;
-  aj.scale = 1.0f / sqrtf((float)hd);
-  aj.q = q; aj.qb = T * d; aj.qh = hd; aj.qt = d;
-  aj.k = w->kc; aj.kb = cap * kvd; aj.kh = hd; aj.kt = kvd;
-  aj.v = w->vc; aj.vb = cap * kvd; aj.vh = hd; aj.vt = kvd;
-  aj.y = att; aj.yb = T * d; aj.yh = hd; aj.yt = d;
-  aj.P = NULL;
-  parallel(attn_fwd_task, &aj, 4.0 * B * H * T * S * hd < 2e5 ? 1 : (int)(B * H));
   memcpy(out, x, sizeof(float) * N * d);
   gemm_call(N, d, d, att, w->wo, out, 1.0f, w->bo); /* out = x + att·Wo + bo */
   if (llama) {
@@ -1068,7 +1238,60 @@ static napi_value js_block(napi_env env, napi_callback_info info) {
   w.vc = fp(&a, 22);
   if (a.ok)
     block_fwd(fp(&a, 1), fp(&a, 2), &w, lng(&a, 23), lng(&a, 24), lng(&a, 25), lng(&a, 26), lng(&a, 27), lng(&a, 28), lng(&a, 29), lng(&a, 30),
-              lng(&a, 31), (float)num(&a, 32), num(&a, 33), (int)lng(&a, 34));
+              lng(&a, 31), (float)num(&a, 32), num(&a, 33), (int)lng(&a, 34), NULL);
+  DONE
+}
+
+/* The pool and the tables are typed arrays of their own (not in the heap): Float32Array pools, Int32Array tables. */
+static void *typed(args_t *a, int i, napi_typedarray_type want) {
+  napi_typedarray_type type;
+  size_t len, off;
+  void *data = NULL;
+  napi_value ab;
+  if (napi_get_typedarray_info(a->env, a->argv[i], &type, &len, &data, &ab, &off) != napi_ok || type != want) a->ok = 0;
+  return data;
+}
+
+static void read_tables(args_t *a, int i, paged_tables *pt) {
+  pt->kpool = (float *)typed(a, i, napi_float32_array);
+  pt->vpool = (float *)typed(a, i + 1, napi_float32_array);
+  pt->pos = (const int32_t *)typed(a, i + 2, napi_int32_array);
+  pt->base = (const int32_t *)typed(a, i + 3, napi_int32_array);
+  pt->slots = (const int32_t *)typed(a, i + 4, napi_int32_array);
+}
+
+/* pagedBlock(heap, x, out, <18 weights>, kpool, vpool, pos, base, slots, N, d, H, KVH, hd, inner, eps, theta, llama):
+ * one block over a step's N tokens with the paged KV cache (see paged_attention). */
+static napi_value js_paged_block(napi_env env, napi_callback_info info) {
+  ARGS(35)
+  block_weights w;
+  const float **slots[] = {&w.ln1w, &w.ln1b, &w.wq, &w.bq, &w.wk, &w.bk, &w.wv, &w.bv, &w.wo, &w.bo, &w.ln2w, &w.ln2b, &w.wg, &w.bg, &w.wu, &w.bu, &w.wd, &w.bd};
+  for (int i = 0; i < 18; i++) *slots[i] = fp(&a, 3 + i);
+  w.kc = w.vc = NULL;
+  paged_tables pt;
+  read_tables(&a, 21, &pt);
+  if (a.ok)
+    block_fwd(fp(&a, 1), fp(&a, 2), &w, 1, lng(&a, 26), lng(&a, 27), lng(&a, 28), lng(&a, 29), lng(&a, 30), lng(&a, 31), 0, 0,
+              (float)num(&a, 32), num(&a, 33), (int)lng(&a, 34), &pt);
+  DONE
+}
+
+/* pagedAttention(heap, q, k, v, y, kpool, vpool, pos, base, slots, N, H, KVH, hd, theta, llama): q [N, H·hd] and k, v
+ * [N, KVH·hd] straight from the projections (RoPE not yet applied) → y [N, H·hd]. The per-op path (LoRA adapters). */
+static napi_value js_paged_attention(napi_env env, napi_callback_info info) {
+  ARGS(16)
+  paged_tables pt;
+  read_tables(&a, 5, &pt);
+  long N = lng(&a, 10), H = lng(&a, 11), KVH = lng(&a, 12), hd = lng(&a, 13);
+  if (a.ok) {
+    /* q and k are immutable tensors: rotate copies. */
+    float *qk = (float *)malloc(sizeof(float) * N * (H + KVH) * hd);
+    if (!qk) abort();
+    memcpy(qk, fp(&a, 1), sizeof(float) * N * H * hd);
+    memcpy(qk + N * H * hd, fp(&a, 2), sizeof(float) * N * KVH * hd);
+    paged_attention(qk, qk + N * H * hd, fp(&a, 3), fp(&a, 4), N, H, KVH, hd, (int)lng(&a, 15), num(&a, 14), &pt);
+    free(qk);
+  }
   DONE
 }
 
@@ -1127,6 +1350,7 @@ NAPI_MODULE_INIT() {
       {"swigluGrad", js_swiglu_grad}, {"adamw", js_adamw},     {"sumSquares", js_sum_squares},       {"copy", js_copy},
       {"attention", js_attention}, {"attentionGrad", js_attention_grad}, {"setThreads", js_set_threads}, {"info", js_info},
       {"forceIsa", js_force_isa}, {"colsum", js_colsum}, {"block", js_block}, {"rope", js_rope},
+      {"pagedBlock", js_paged_block}, {"pagedAttention", js_paged_attention},
   };
   for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
     napi_value f;

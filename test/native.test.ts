@@ -96,6 +96,24 @@ describe('native kernels against the WASM path', { skip: available ? false : `na
     }
   });
 
+  test('gather: rows and inner slices, float and int32, any axis, equal to the WASM kernel; a bad index is still tfjs\'s error', () => {
+    const x = randn([5, 6, 7], rng), xi = tf.tensor2d([[1, 2, 3], [4, 5, 6], [7, 8, 9]], [3, 3], 'int32');
+    const idx = tf.tensor1d([4, 0, 0, 2], 'int32'), idx2 = tf.tensor2d([[1, 2], [2, 0]], [2, 2], 'int32');
+    for (const [t, i, axis] of [[x, idx, 0], [x, idx, 1], [x, idx2, 2], [x, idx2, -1], [xi, idx2, 0], [xi, tf.tensor1d([2], 'int32'), 1]] as [tf.Tensor, tf.Tensor, number][]) {
+      const { fast, ref } = both(() => tf.tidy(() => {
+        const y = tf.gather(t, i, axis);
+        return { shape: y.shape, data: Array.from(y.dataSync()) };
+      }));
+      assert.deepEqual(fast, ref, `gather axis ${axis} of ${t.shape} (${t.dtype}) by ${i.shape}`);
+    }
+    const bad = tf.tensor1d([5], 'int32');
+    const before = tf.memory();
+    assert.throws(() => tf.gather(x, bad), /index value 5 is not in \[0, 4\]/);
+    assert.equal(tf.memory().numTensors, before.numTensors, 'the failed gather leaves no tensor behind');
+    assert.equal(tf.memory().numBytes, before.numBytes);
+    tf.dispose([x, xi, idx, idx2, bad]);
+  });
+
   test('matmul is batch-invariant: each row of a many-row product equals that row alone, bit for bit (transposes, bias, > one K block, each micro-kernel)', () => {
     // A row alone takes the few-rows path, a tail chunk of a threaded product may too, the rest the packed
     // micro-kernel: all must round alike, or a sequence's reward / log-prob depends on its batch-mates.

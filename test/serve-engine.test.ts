@@ -14,6 +14,7 @@ import { type ModelConfig, type Params, emptyCache, disposeCache, forward, resol
 import { initParams } from '../src/model/init.js';
 import { chatPromptIds } from '../src/model/prompt.js';
 import { importLlama2c } from '../src/model/llama2c.js';
+import { initLora } from '../src/model/lora.js';
 import { applyPresenceFrequencyPenalty, logSoftmax, topLogprobs } from '../src/model/sample.js';
 import { BlockManager } from '../src/serve/block-manager.js';
 import { type ChoiceDelta, Engine, type EngineConfig, type SamplingParams } from '../src/serve/engine.js';
@@ -138,13 +139,13 @@ describe('sampling extensions', () => {
 });
 
 /** Contiguous-cache logits of every position after the prompt (prefill, then one token at a time). */
-function contiguousLogits(params: Params, config: ModelConfig, tokens: number[], promptLen: number): Float32Array[] {
+function contiguousLogits(params: Params, config: ModelConfig, tokens: number[], promptLen: number, loraScale?: number): Float32Array[] {
   const cache = emptyCache(config);
   const rows: Float32Array[] = [];
   let at = 0;
   for (const len of [promptLen, ...Array(tokens.length - promptLen).fill(1)]) {
     const input = tf.tensor2d([tokens.slice(at, at + len)], [1, len], 'int32');
-    const { logits } = forward(params, config, input, { cache });
+    const { logits } = forward(params, config, input, { cache, loraScale });
     const all = logits.dataSync() as Float32Array;
     for (let t = 0; t < len; t++) rows.push(all.slice(t * config.vocab_size, (t + 1) * config.vocab_size));
     input.dispose();
@@ -176,24 +177,32 @@ describe('chat prompts', () => {
 });
 
 describe('paged attention', () => {
-  const cases: [string, ModelConfig, Params][] = [
+  const cases: [string, ModelConfig, Params, number?][] = [
     ['llama (RoPE, GQA 8/4 heads): stories260K', stories.config, stories.params],
   ];
   const gptConfig = resolveModelConfig({ arch: 'gpt2', vocab_size: 300, n_ctx: 40, n_layer: 2, n_embd: 32, n_head: 4 });
   const gptParams = initParams(gptConfig, 3);
   after(() => disposeParams(gptParams));
   cases.push(['gpt2 (learned positions, biases): random', gptConfig, gptParams]);
+  // A LoRA adapter on q/v (B non-zero) sends the blocks through the per-op path and its paged attention kernel.
+  const lora = initLora(stories.config, { r: 4, alpha: 8, dropout: 0, target_modules: ['q_proj', 'v_proj'] }, 5);
+  for (const [name, t] of Object.entries(lora)) if (name.endsWith('lora_B')) {
+      t.dispose();
+      lora[name] = tf.randomNormal(t.shape, 0, 0.05, 'float32', 9);
+    }
+  after(() => disposeParams(lora));
+  cases.push(['llama + LoRA q/v (per-op path, scale 2): stories260K', stories.config, { ...stories.params, ...lora }, 2]);
 
-  for (const [name, config, params] of cases) {
+  for (const [name, config, params, loraScale] of cases) {
     test(`logits equal the contiguous KV-cache path: ${name}, two sequences interleaved in scattered blocks, chunked prefill`, () => {
       const seqA = [1, 17, 42, 99, 5, 250, 33, 7, 120, 64, 11, 3, 200, 18];
       const seqB = [1, 80, 81, 82, 83, 9, 9, 9, 40, 41];
-      const refA = contiguousLogits(params, config, seqA, 9);
-      const refB = contiguousLogits(params, config, seqB, 4);
+      const refA = contiguousLogits(params, config, seqA, 9, loraScale);
+      const refB = contiguousLogits(params, config, seqB, 4, loraScale);
       // Block size 3, and B's blocks taken between A's, so neither sequence's blocks are contiguous.
       const bm = new BlockManager(16, 3);
       const pool = new KvPool(config, 16, 3);
-      const runner = new ModelRunner(config, new Map([['', { params }]]), pool);
+      const runner = new ModelRunner(config, new Map([['', { params, loraScale }]]), pool);
       const tabA: number[] = [], tabB: number[] = [];
       bm.ensureCapacity(tabB, 2);
       bm.ensureCapacity(tabA, 4);

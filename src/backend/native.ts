@@ -38,6 +38,8 @@ export interface NativeAddon {
   attention(heap: ArrayBuffer, ...args: number[]): void;
   attentionGrad(heap: ArrayBuffer, ...args: number[]): void;
   block(heap: ArrayBuffer, ...args: number[]): void;
+  pagedBlock(heap: ArrayBuffer, ...args: (number | Float32Array | Int32Array)[]): void;
+  pagedAttention(heap: ArrayBuffer, ...args: (number | Float32Array | Int32Array)[]): void;
   setThreads(n: number): void;
   info(): { isa: string; threads: number };
   forceIsa(level: number): void;
@@ -49,6 +51,7 @@ interface WasmBackend {
   wasm: { HEAPU8: Uint8Array };
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
   incRef(dataId: object): void;
+  disposeData(dataId: object): boolean;
 }
 
 let addon: NativeAddon | undefined;
@@ -172,6 +175,25 @@ function registerAll(): void {
     be.incRef(x!.dataId);
     return { dataId: x!.dataId, shape: x!.shape, dtype: x!.dtype };
   });
+  // Row gathers (embeddings, wpe rows, the sampled logits rows): tfjs's WASM Gather computes an N-D index per
+  // element; a slice of rows is a run of contiguous copies.
+  override('GatherV2', (be, { x, indices }, { axis, batchDims }) => {
+    if ((batchDims as number) || indices!.dtype !== 'int32' || (x!.dtype !== F32 && x!.dtype !== 'int32')) return undefined;
+    const rank = x!.shape.length, ax = (axis as number) < 0 ? (axis as number) + rank : (axis as number);
+    const dim = x!.shape[ax]!, outer = size(x!.shape.slice(0, ax)), inner = size(x!.shape.slice(ax + 1)), n = size(indices!.shape);
+    const out = be.makeOutput([...x!.shape.slice(0, ax), ...indices!.shape, ...x!.shape.slice(ax + 1)], x!.dtype);
+    const mem = new Int32Array(heap(be)); // after makeOutput: it may grow the heap
+    const idx = mem.subarray(off(be, indices!) / 4, off(be, indices!) / 4 + n);
+    if (idx.some((i) => i < 0 || i >= dim)) {
+      be.disposeData(out.dataId);
+      return undefined; // tfjs's kernel names the bad index
+    }
+    const src = off(be, x!) / 4, dst = off(be, out) / 4;
+    for (let o = 0; o < outer; o++) {
+      for (let j = 0; j < n; j++) mem.copyWithin(dst + (o * n + j) * inner, src + (o * dim + idx[j]!) * inner, src + (o * dim + idx[j]!) * inner + inner);
+    }
+    return out;
+  });
   override('BatchMatMul', (be, { a, b }, attrs) => matmul(be, a!, b!, Boolean(attrs.transposeA), Boolean(attrs.transposeB)));
   override('_FusedMatMul', (be, { a, b, bias, preluActivationWeights }, attrs) =>
     attrs.activation === 'linear' && !preluActivationWeights ? matmul(be, a!, b!, Boolean(attrs.transposeA), Boolean(attrs.transposeB), bias) : undefined);
@@ -262,6 +284,25 @@ function registerAll(): void {
     addon!.block(heap(be), off(be, x!), off(be, out), ...w, off(be, kcache!), off(be, vcache!), B, T!, x!.shape[1]!, H!, KVH, hd, inner!, cap, pos0!, eps!, theta!, llama ? 1 : 0);
     return out;
   });
+  // The same block over a serving step's N tokens with the paged KV cache: pools and tables are typed arrays
+  // outside the heap, passed as attributes (see PagedTables in src/model/gpt.ts).
+  register('LlmctlPagedBlock', (be, inputs, attrs) => {
+    const { x } = inputs;
+    const [N, d] = x!.shape as [number, number];
+    const a = attrs as unknown as PagedAttrs & { inner: number; eps: number };
+    const out = be.makeOutput(x!.shape, F32);
+    const w = BLOCK_WEIGHTS.map((k) => (inputs[k] ? off(be, inputs[k]!) : -1));
+    addon!.pagedBlock(heap(be), off(be, x!), off(be, out), ...w, a.kpool, a.vpool, a.pos, a.base, a.slots, N, d, a.H, a.KVH, d / a.H, a.inner, a.eps, a.theta, a.llama ? 1 : 0);
+    return out;
+  });
+  // q [N, H·hd], k/v [N, KVH·hd] from the projections → y [N, H·hd]
+  register('LlmctlPagedAttention', (be, { q, k, v }, attrs) => {
+    const a = attrs as unknown as PagedAttrs;
+    const [N, qd] = q!.shape as [number, number];
+    const y = be.makeOutput(q!.shape, F32);
+    addon!.pagedAttention(heap(be), off(be, q!), off(be, k!), off(be, v!), off(be, y), a.kpool, a.vpool, a.pos, a.base, a.slots, N, a.H, a.KVH, qd / a.H, a.theta, a.llama ? 1 : 0);
+    return y;
+  });
   register('LlmctlAttentionGrad', (be, { dy, q, k, v, P }, { scale }) => {
     const [B, T, H, hd] = q!.shape as [number, number, number, number];
     const [, S, KVH] = k!.shape as [number, number, number, number];
@@ -270,6 +311,19 @@ function registerAll(): void {
     addon!.attentionGrad(heap(be), ...args, off(be, dy!), off(be, dq), off(be, dk), off(be, dv));
     return [dq, dk, dv];
   });
+}
+
+/** Attributes of the paged kernels: heads, RoPE, and the pool + tables of one layer. */
+interface PagedAttrs {
+  H: number;
+  KVH: number;
+  theta: number;
+  llama: boolean;
+  kpool: Float32Array;
+  vpool: Float32Array;
+  pos: Int32Array;
+  base: Int32Array;
+  slots: Int32Array;
 }
 
 /** The block kernel's weight inputs, in the order native/llmctl_native.c reads them. */

@@ -100,8 +100,21 @@ export function isLinearWeight(name: string): boolean {
 export interface PagedAttention {
   /** Position of each of the N tokens within its own sequence (RoPE angle, wpe row). */
   positions: Int32Array;
+  /** Where the keys/values live, for the native kernels (src/serve/paged-attention.ts builds them). */
+  tables: PagedTables;
   /** q [1, n_head, N, hd], k/v [1, n_kv_head, N, hd] (RoPE applied) → attention output [N, n_embd]. */
   attend(layer: number, q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D): tf.Tensor2D;
+}
+
+/**
+ * Per-layer block pools k[layer], v[layer] of rows [n_kv_head][head_dim]; token i's sequence keeps position p
+ * in pool row slots[base[i] + p] (p = 0..positions[i]; the token's own k/v go to p = positions[i]).
+ */
+export interface PagedTables {
+  k: Float32Array[];
+  v: Float32Array[];
+  base: Int32Array;
+  slots: Int32Array;
 }
 
 // ---------------------------------------------------------------- layers
@@ -378,8 +391,8 @@ function cacheLayer(cache: KVCache, layer: number, B: number, c: ModelConfig): [
  */
 function fusedBlock(p: Params, i: number, x: tf.Tensor2D, B: number, T: number, c: ModelConfig, o: ForwardOptions): tf.Tensor2D | undefined {
   const h = `h.${i}`;
-  // Left-padded rows (per-row positions), paged caches and quantized weights (packed, no `.weight`) take the per-op path.
-  if (!o.cache || !nativeOps() || o.training || o.leftPad || o.paged) return undefined;
+  // Left-padded rows (per-row positions) and quantized weights (packed, no `.weight`) take the per-op path.
+  if (!(o.cache || o.paged) || !nativeOps() || o.training || o.leftPad) return undefined;
   if (!p[`${h}.attn.q_proj.weight`] || !p[`${h}.mlp.down_proj.weight`] || !p[`${h}.mlp.up_proj.weight`]) return undefined;
   const names = { ln1w: `${h}.ln_1.weight`, ln1b: `${h}.ln_1.bias`, wq: `${h}.attn.q_proj.weight`, bq: `${h}.attn.q_proj.bias`, wk: `${h}.attn.k_proj.weight`,
     bk: `${h}.attn.k_proj.bias`, wv: `${h}.attn.v_proj.weight`, bv: `${h}.attn.v_proj.bias`, wo: `${h}.attn.o_proj.weight`, bo: `${h}.attn.o_proj.bias`,
@@ -391,8 +404,14 @@ function fusedBlock(p: Params, i: number, x: tf.Tensor2D, B: number, T: number, 
     const base = name.replace(/\.weight$/, '');
     if (p[`${base}.lora_A`]) return undefined; // adapters take the per-op path
   }
-  const [kcache, vcache] = cacheLayer(o.cache, i, B, c);
-  const attrs = { T, H: c.n_head, inner: c.n_inner, pos0: o.cache.length, eps: c.norm_eps, theta: c.rope_theta, llama: c.arch === 'llama' };
+  const shared = { H: c.n_head, inner: c.n_inner, eps: c.norm_eps, theta: c.rope_theta, llama: c.arch === 'llama' };
+  if (o.paged) {
+    const { tables, positions } = o.paged;
+    const attrs = { ...shared, KVH: c.n_kv_head, kpool: tables.k[i], vpool: tables.v[i], pos: positions, base: tables.base, slots: tables.slots };
+    return tf.engine().runKernel('LlmctlPagedBlock', { x, ...inputs }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+  }
+  const [kcache, vcache] = cacheLayer(o.cache!, i, B, c);
+  const attrs = { ...shared, T, pos0: o.cache!.length };
   return tf.engine().runKernel('LlmctlBlock', { x, kcache, vcache, ...inputs }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
@@ -403,6 +422,11 @@ function dropout(x: tf.Tensor2D, c: ModelConfig, o: ForwardOptions): tf.Tensor2D
 /** The same attention block over a paged KV cache: the step's flat tokens, RoPE at each token's own position. */
 function pagedAttn(p: Params, name: string, x: tf.Tensor2D, layer: number, c: ModelConfig, o: ForwardOptions, paged: PagedAttention): tf.Tensor2D {
   const N = x.shape[0], hd = c.n_embd / c.n_head;
+  if (nativeOps()) {
+    // One kernel: RoPE at each token's position, the pool writes and the attention, in the projections' layout.
+    const [q, k, v] = (['q_proj', 'k_proj', 'v_proj'] as const).map((m) => linear(p, `${name}.${m}`, x, o));
+    return linear(p, `${name}.o_proj`, fused.pagedAttention(q!, k!, v!, layer, paged, c), o);
+  }
   const heads = (t: tf.Tensor2D, n: number) => tf.transpose(tf.reshape(t, [1, N, n, hd]), [0, 2, 1, 3]) as tf.Tensor4D;
   let q = heads(linear(p, `${name}.q_proj`, x, o), c.n_head);
   let k = heads(linear(p, `${name}.k_proj`, x, o), c.n_kv_head);

@@ -9,6 +9,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { nativeKernels } from '../backend/native.js';
+import type { ModelConfig, PagedAttention } from './gpt.js';
 
 /**
  * Reference mode swaps every kernel below for the plain tfjs op with tfjs's own gradient. Benchmarks use
@@ -337,4 +338,14 @@ export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, pos0: 
     };
   });
   return f(q, k, v) as tf.Tensor4D;
+}
+
+/**
+ * Attention over the paged KV cache (inference only): q [N, H·hd], k/v [N, KVH·hd] straight from the
+ * projections; RoPE (llama) at each token's position, the pool writes and the attention in one kernel.
+ */
+export function pagedAttention(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, layer: number, paged: PagedAttention, c: ModelConfig): tf.Tensor2D {
+  const { tables, positions } = paged;
+  const attrs = { H: c.n_head, KVH: c.n_kv_head, theta: c.rope_theta, llama: c.arch === 'llama', kpool: tables.k[layer], vpool: tables.v[layer], pos: positions, base: tables.base, slots: tables.slots };
+  return tf.engine().runKernel('LlmctlPagedAttention', { q, k, v }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }

@@ -30,11 +30,12 @@ export class Sampler {
    * `generated` (the output so far, as OpenAI and vLLM count it) the presence and frequency penalties.
    */
   sample(rawLogits: Float32Array, history: readonly number[] = [], generated: readonly number[] = history): number {
-    const logits = Float32Array.from(rawLogits);
+    const logits = rawLogits.slice(); // (Float32Array.from would walk the iterator: slower than the whole softmax)
     if (this.o.repetition_penalty !== 1) applyRepetitionPenalty(logits, history, this.o.repetition_penalty);
     if (this.o.presence_penalty || this.o.frequency_penalty) applyPresenceFrequencyPenalty(logits, generated, this.o.presence_penalty ?? 0, this.o.frequency_penalty ?? 0);
     if (this.o.temperature === 0) return argmax(logits);
-    for (let i = 0; i < logits.length; i++) logits[i] = logits[i]! / this.o.temperature;
+    const t = this.o.temperature;
+    for (let i = 0; i < logits.length; i++) logits[i] = logits[i]! / t;
     if (this.o.top_k > 0 && this.o.top_k < logits.length) keepTopK(logits, this.o.top_k);
     const probs = softmax(logits);
     const coin = this.rng.nextFloat();
@@ -96,7 +97,7 @@ function keepTopK(logits: Float32Array, k: number): void {
 /** Float32 softmax in run.c's order (max, exp, sum, divide). */
 export function softmax(x: Float32Array): Float32Array {
   let max = -Infinity;
-  for (const v of x) if (v > max) max = v;
+  for (let i = 0; i < x.length; i++) if (x[i]! > max) max = x[i]!;
   const out = new Float32Array(x.length);
   let sum = 0;
   for (let i = 0; i < x.length; i++) {

@@ -60,21 +60,28 @@ export interface StepSegment {
   count: number;
 }
 
-/** The PagedAttention hook gpt.ts's forward calls, for one step's flat batch of segments. */
+/**
+ * The PagedAttention hook gpt.ts's forward calls, for one step's flat batch of segments. The tables say
+ * where everything lives (the native kernels read them directly, see gpt.ts); `attend` is the same
+ * computation in JS for the WASM kernels.
+ */
 export function pagedAttention(pool: KvPool, segments: readonly StepSegment[]): PagedAttention {
-  const { config, blockSize } = pool;
+  const { config, blockSize, rowSize } = pool;
   const hd = config.n_embd / config.n_head, kvh = config.n_kv_head, rep = config.n_head / kvh;
   const N = segments.reduce((n, s) => n + s.count, 0);
-  const positions = new Int32Array(N);
-  // Pool row (slot index × rowSize) of every position each segment can see, resolved once per step.
-  const rowsOf: Int32Array[] = [];
-  let i = 0;
+  const pos = new Int32Array(N), base = new Int32Array(N);
+  // Pool slot of every position each segment can see, resolved once per step: segment s's positions
+  // 0..end-1 at slots[offset(s) + p], and base[i] = offset of token i's segment.
+  const slots = new Int32Array(segments.reduce((n, s) => n + s.start + s.count, 0));
+  let i = 0, offset = 0;
   for (const s of segments) {
     const end = s.start + s.count;
-    const rows = new Int32Array(end);
-    for (let p = 0; p < end; p++) rows[p] = (s.blockTable[Math.floor(p / blockSize)]! * blockSize + (p % blockSize)) * pool.rowSize;
-    rowsOf.push(rows);
-    for (let t = 0; t < s.count; t++) positions[i++] = s.start + t;
+    for (let p = 0; p < end; p++) slots[offset + p] = s.blockTable[Math.floor(p / blockSize)]! * blockSize + (p % blockSize);
+    for (let t = 0; t < s.count; t++, i++) {
+      pos[i] = s.start + t;
+      base[i] = offset;
+    }
+    offset += end;
   }
   const scale = 1 / Math.sqrt(hd);
 
@@ -82,56 +89,49 @@ export function pagedAttention(pool: KvPool, segments: readonly StepSegment[]): 
     // Head-major [1, H, N, hd] as the model computed them: element (h, i, d) at (h·N + i)·hd + d.
     const qd = q.dataSync(), kd = k.dataSync(), vd = v.dataSync();
     const K = pool.k[layer]!, V = pool.v[layer]!;
-    let tok = 0;
-    for (let s = 0; s < segments.length; s++) {
-      const seg = segments[s]!, rows = rowsOf[s]!;
-      for (let t = 0; t < seg.count; t++, tok++) {
-        const row = rows[seg.start + t]!;
-        for (let g = 0; g < kvh; g++) {
-          const src = (g * N + tok) * hd, dst = row + g * hd;
-          for (let d = 0; d < hd; d++) {
-            K[dst + d] = kd[src + d]!;
-            V[dst + d] = vd[src + d]!;
-          }
+    // Every token's keys/values first: a prompt chunk reads its own earlier positions from the pool.
+    for (let tok = 0; tok < N; tok++) {
+      const row = slots[base[tok]! + pos[tok]!]! * rowSize;
+      for (let g = 0; g < kvh; g++) {
+        const src = (g * N + tok) * hd, dst = row + g * hd;
+        for (let d = 0; d < hd; d++) {
+          K[dst + d] = kd[src + d]!;
+          V[dst + d] = vd[src + d]!;
         }
       }
     }
     const out = new Float32Array(N * config.n_embd);
     let scores = new Float64Array(64);
     const acc = new Float64Array(hd);
-    tok = 0;
-    for (let s = 0; s < segments.length; s++) {
-      const seg = segments[s]!, rows = rowsOf[s]!;
-      for (let t = 0; t < seg.count; t++, tok++) {
-        const ctx = seg.start + t + 1; // causal: positions 0..pos
-        if (scores.length < ctx) scores = new Float64Array(2 * ctx);
-        for (let h = 0; h < config.n_head; h++) {
-          const qo = (h * N + tok) * hd, ko = Math.floor(h / rep) * hd; // GQA: query head h reads kv head h / rep
-          let max = -Infinity;
-          for (let j = 0; j < ctx; j++) {
-            const r = rows[j]! + ko;
-            let dot = 0;
-            for (let d = 0; d < hd; d++) dot += qd[qo + d]! * K[r + d]!;
-            dot *= scale;
-            scores[j] = dot;
-            if (dot > max) max = dot;
-          }
-          let sum = 0;
-          for (let j = 0; j < ctx; j++) {
-            const e = Math.exp(scores[j]! - max);
-            scores[j] = e;
-            sum += e;
-          }
-          acc.fill(0);
-          for (let j = 0; j < ctx; j++) {
-            const w = scores[j]! / sum, r = rows[j]! + ko;
-            for (let d = 0; d < hd; d++) acc[d] += w * V[r + d]!;
-          }
-          out.set(acc, tok * config.n_embd + h * hd);
+    for (let tok = 0; tok < N; tok++) {
+      const ctx = pos[tok]! + 1, b = base[tok]!; // causal: positions 0..pos
+      if (scores.length < ctx) scores = new Float64Array(2 * ctx);
+      for (let h = 0; h < config.n_head; h++) {
+        const qo = (h * N + tok) * hd, ko = Math.floor(h / rep) * hd; // GQA: query head h reads kv head h / rep
+        let max = -Infinity;
+        for (let j = 0; j < ctx; j++) {
+          const r = slots[b + j]! * rowSize + ko;
+          let dot = 0;
+          for (let d = 0; d < hd; d++) dot += qd[qo + d]! * K[r + d]!;
+          dot *= scale;
+          scores[j] = dot;
+          if (dot > max) max = dot;
         }
+        let sum = 0;
+        for (let j = 0; j < ctx; j++) {
+          const e = Math.exp(scores[j]! - max);
+          scores[j] = e;
+          sum += e;
+        }
+        acc.fill(0);
+        for (let j = 0; j < ctx; j++) {
+          const w = scores[j]! / sum, r = slots[b + j]! * rowSize + ko;
+          for (let d = 0; d < hd; d++) acc[d] += w * V[r + d]!;
+        }
+        out.set(acc, tok * config.n_embd + h * hd);
       }
     }
     return tf.tensor2d(out, [N, config.n_embd]);
   };
-  return { positions, attend };
+  return { positions: pos, tables: { k: pool.k, v: pool.v, base, slots }, attend };
 }
