@@ -221,6 +221,39 @@ __attribute__((target("avx512f,fma"))) static void ukr_avx512_direct(long kc, co
   }
 }
 
+/* One row (decoding a single sequence): the direct kernel's arithmetic for mr = 1, without five redundant rows
+ * of multiply-adds; four column panels per pass keep four independent sums in flight per k. */
+__attribute__((target("avx512f,fma"))) static void ukr_avx512_row(long kc, const float *A, const float *B, long ldb, float *C, long N, float beta,
+                                                                  const float *bias) {
+  long j = 0;
+  for (; j + 64 <= N; j += 64) {
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    const float *b = B + j;
+    for (long k = 0; k < kc; k++, b += ldb) {
+      __m512 a = _mm512_set1_ps(A[k]);
+      c0 = _mm512_fmadd_ps(a, _mm512_loadu_ps(b), c0);
+      c1 = _mm512_fmadd_ps(a, _mm512_loadu_ps(b + 16), c1);
+      c2 = _mm512_fmadd_ps(a, _mm512_loadu_ps(b + 32), c2);
+      c3 = _mm512_fmadd_ps(a, _mm512_loadu_ps(b + 48), c3);
+    }
+    __m512 acc[4] = {c0, c1, c2, c3};
+    for (int q = 0; q < 4; q++) {
+      __m512 v = _mm512_add_ps(acc[q], bias ? _mm512_loadu_ps(bias + j + 16 * q) : _mm512_setzero_ps());
+      if (beta != 0.0f) v = _mm512_add_ps(v, _mm512_loadu_ps(C + j + 16 * q));
+      _mm512_storeu_ps(C + j + 16 * q, v);
+    }
+  }
+  for (; j < N; j += 16) {
+    __mmask16 m = N - j >= 16 ? 0xFFFF : (__mmask16)((1u << (N - j)) - 1);
+    __m512 c0 = _mm512_setzero_ps();
+    const float *b = B + j;
+    for (long k = 0; k < kc; k++, b += ldb) c0 = _mm512_fmadd_ps(_mm512_set1_ps(A[k]), _mm512_maskz_loadu_ps(m, b), c0);
+    __m512 v = _mm512_add_ps(c0, bias ? _mm512_maskz_loadu_ps(m, bias + j) : _mm512_setzero_ps());
+    if (beta != 0.0f) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, C + j));
+    _mm512_mask_storeu_ps(C + j, m, v);
+  }
+}
+
 static int nr_of_isa(void) { return g_isa == 2 ? 32 : 16; }
 static ukr_fn ukr_of_isa(void) { return g_isa == 2 ? ukr_avx512 : g_isa == 1 ? ukr_avx2 : ukr_c; }
 
@@ -376,6 +409,10 @@ static void gemm_st(int ta, int tb, long M, long N, long K, const float *A, long
     for (long pc = 0; pc < K; pc += KC) {
       long kc = K - pc < KC ? K - pc : KC;
       int first = pc == 0;
+      if (M == 1) {
+        ukr_avx512_row(kc, A + pc, B + pc * ldb, ldb, C, N, first ? beta : 1.0f, first ? bias : NULL);
+        continue;
+      }
       for (long jr = 0; jr < N; jr += 32)
         for (long ir = 0; ir < M; ir += MR)
           ukr_avx512_direct(kc, A + ir * lda + pc, lda, B + pc * ldb + jr, ldb, C + ir * ldc + jr, ldc, M - ir < MR ? (int)(M - ir) : MR,
@@ -876,11 +913,12 @@ static void paged_task(void *p, int tid, int nt) {
   }
 }
 
-/* q [N, H·hd] and k [N, KVH·hd] rotated in place, each token at its own position. */
-CLONES static void rope_rows(float *x, long N, long nh, long hd, const int32_t *pos) {
+/* Rows of x [N, nh·hd] rotated in place, each at its own position, with a table from rope_table (passed in:
+ * the table is per thread, and worker threads run this too). */
+CLONES static void rope_rows(float *x, long N, long nh, long hd, const int32_t *pos, const float *cos_t, const float *sin_t) {
   long half = hd / 2;
   for (long i = 0; i < N; i++) {
-    const float *c = tl_rope_cos + (long)pos[i] * half, *s = tl_rope_sin + (long)pos[i] * half;
+    const float *c = cos_t + (long)pos[i] * half, *s = sin_t + (long)pos[i] * half;
     for (long h = 0; h < nh; h++) {
       float *xr = x + (i * nh + h) * hd;
       for (long t = 0; t < half; t++) {
@@ -892,21 +930,17 @@ CLONES static void rope_rows(float *x, long N, long nh, long hd, const int32_t *
   }
 }
 
-/* RoPE (llama) at each token's position, store k/v in the pool, attend. q and k are scratch (rotated in place). */
-static void paged_attention(float *q, float *k, const float *v, float *y, long N, long H, long KVH, long hd, int llama, double theta,
-                            const paged_tables *pt) {
-  long kvd = KVH * hd, maxpos = 0;
-  for (long i = 0; i < N; i++) maxpos = pt->pos[i] > maxpos ? pt->pos[i] : maxpos;
-  if (llama) {
-    rope_table(maxpos + 1, hd, theta);
-    rope_rows(q, N, H, hd, pt->pos);
-    rope_rows(k, N, KVH, hd, pt->pos);
-  }
-  for (long i = 0; i < N; i++) {
+/* Store rows r0..r1 of k/v [N, KVH·hd] in their pool slots. */
+static void paged_store(const float *k, const float *v, long r0, long r1, long kvd, const paged_tables *pt) {
+  for (long i = r0; i < r1; i++) {
     long slot = pt->slots[pt->base[i] + pt->pos[i]];
     memcpy(pt->kpool + slot * kvd, k + i * kvd, sizeof(float) * kvd);
     memcpy(pt->vpool + slot * kvd, v + i * kvd, sizeof(float) * kvd);
   }
+}
+
+/* Attention of all N tokens over their sequences (every token's k/v already stored). */
+static void paged_attend_all(const float *q, float *y, long N, long H, long KVH, long hd, const paged_tables *pt) {
   paged_job j;
   atomic_init(&j.next, 0);
   j.N = N; j.H = H; j.KVH = KVH; j.hd = hd;
@@ -917,6 +951,24 @@ static void paged_attention(float *q, float *k, const float *v, float *y, long N
   double flops = 0;
   for (long i = 0; i < N; i++) flops += 4.0 * H * hd * (pt->pos[i] + 1);
   parallel(paged_task, &j, flops < 2e6 ? 1 : (int)(N * H)); /* a decode step of 16 short sequences: waking a thread costs more */
+}
+
+static long max_pos(const int32_t *pos, long N) {
+  long m = 0;
+  for (long i = 0; i < N; i++) m = pos[i] > m ? pos[i] : m;
+  return m;
+}
+
+/* RoPE (llama) at each token's position, store k/v in the pool, attend. q and k are scratch (rotated in place). */
+static void paged_attention(float *q, float *k, const float *v, float *y, long N, long H, long KVH, long hd, int llama, double theta,
+                            const paged_tables *pt) {
+  if (llama) {
+    rope_table(max_pos(pt->pos, N) + 1, hd, theta);
+    rope_rows(q, N, H, hd, pt->pos, tl_rope_cos, tl_rope_sin);
+    rope_rows(k, N, KVH, hd, pt->pos, tl_rope_cos, tl_rope_sin);
+  }
+  paged_store(k, v, 0, N, KVH * hd, pt);
+  paged_attend_all(q, y, N, H, KVH, hd, pt);
 }
 
 /* ------------------------------------------------------------------ one whole block, inference only
@@ -932,77 +984,125 @@ typedef struct {
 static __thread float *tl_block;
 static __thread long tl_block_n;
 
-static void gemm_call(long M, long N, long K, const float *A, const float *B, float *C, float beta, const float *bias) {
-  gemm_job j;
-  j.ta = j.tb = 0;
-  j.batch = 1;
-  j.M = M;
-  j.N = N;
-  j.K = K;
-  j.lda = K;
-  j.ldb = N;
-  j.ldc = N;
-  j.sa = j.sb = j.sc = 0;
-  j.A = A;
-  j.B = B;
-  j.C = C;
-  j.bias = bias;
-  j.beta = beta;
-  gemm_mt(&j);
+/* The block in two row-wise halves around the attention, so that a step of many rows (a batched decode step,
+ * a prompt) can run on the pool's threads, each on its own range of rows: before = norm, q/k/v projections,
+ * RoPE and the cache writes; after = output projection, residual, norm, MLP, residual. Every row's arithmetic
+ * is the same however the rows are split (the GEMM is batch-invariant), so threads change no bit. */
+typedef struct {
+  atomic_long next;
+  long chunk; /* rows per share */
+  const float *x;
+  float *out;
+  const block_weights *w;
+  long N, T, d, H, KVH, hd, inner, cap, pos0;
+  float eps;
+  int llama;
+  const int32_t *pos;         /* each row's position (RoPE, cache row) */
+  const float *rcos, *rsin;   /* RoPE table */
+  const paged_tables *pt;     /* paged cache, or NULL: w->kc / w->vc [B, cap, KVH·hd] */
+  float *h, *q, *att, *k, *v, *m1, *m2, *mean, *rstd; /* scratch over all N rows */
+} block_job;
+
+static void block_before(block_job *j, long r0, long r1) {
+  long n = r1 - r0, d = j->d, kvd = j->KVH * j->hd;
+  const block_weights *w = j->w;
+  float *h = j->h + r0 * d, *q = j->q + r0 * d, *k = j->k + r0 * kvd, *v = j->v + r0 * kvd;
+  if (j->llama) rmsnorm_fwd(j->x + r0 * d, w->ln1w, h, j->rstd + r0, n, d, j->eps);
+  else layernorm_fwd(j->x + r0 * d, w->ln1w, w->ln1b, h, j->mean + r0, j->rstd + r0, n, d, j->eps);
+  gemm_st(0, 0, n, d, d, h, d, w->wq, d, q, d, 0.0f, w->bq);
+  gemm_st(0, 0, n, kvd, d, h, d, w->wk, kvd, k, kvd, 0.0f, w->bk);
+  gemm_st(0, 0, n, kvd, d, h, d, w->wv, kvd, v, kvd, 0.0f, w->bv);
+  if (j->llama) {
+    rope_rows(q, n, j->H, j->hd, j->pos + r0, j->rcos, j->rsin);
+    rope_rows(k, n, j->KVH, j->hd, j->pos + r0, j->rcos, j->rsin);
+  }
+  if (j->pt) {
+    paged_store(j->k, j->v, r0, r1, kvd, j->pt);
+  } else {
+    for (long r = r0; r < r1; r++) {
+      long row = (r / j->T) * j->cap + j->pos[r];
+      memcpy(w->kc + row * kvd, j->k + r * kvd, sizeof(float) * kvd);
+      memcpy(w->vc + row * kvd, j->v + r * kvd, sizeof(float) * kvd);
+    }
+  }
 }
+
+static void block_after(block_job *j, long r0, long r1) {
+  long n = r1 - r0, d = j->d, inner = j->inner;
+  const block_weights *w = j->w;
+  float *out = j->out + r0 * d, *h = j->h + r0 * d, *m1 = j->m1 + r0 * inner, *m2 = j->m2 + r0 * inner;
+  memcpy(out, j->x + r0 * d, sizeof(float) * n * d);
+  gemm_st(0, 0, n, d, d, j->att + r0 * d, d, w->wo, d, out, d, 1.0f, w->bo); /* out = x + att·Wo + bo */
+  if (j->llama) {
+    rmsnorm_fwd(out, w->ln2w, h, j->rstd + r0, n, d, j->eps);
+    gemm_st(0, 0, n, inner, d, h, d, w->wg, inner, m1, inner, 0.0f, w->bg);
+    gemm_st(0, 0, n, inner, d, h, d, w->wu, inner, m2, inner, 0.0f, w->bu);
+    swiglu_fwd(m1, m2, m1, n * inner);
+  } else {
+    layernorm_fwd(out, w->ln2w, w->ln2b, h, j->mean + r0, j->rstd + r0, n, d, j->eps);
+    gemm_st(0, 0, n, inner, d, h, d, w->wu, inner, m2, inner, 0.0f, w->bu);
+    gelu_fwd(m2, m1, n * inner);
+  }
+  gemm_st(0, 0, n, d, inner, m1, inner, w->wd, d, out, d, 1.0f, w->bd); /* out += mlp · Wd + bd */
+}
+
+static void block_rows_task(void *p, void (*half)(block_job *, long, long)) {
+  block_job *j = (block_job *)p;
+  for (long c; (c = atomic_fetch_add(&j->next, 1)) * j->chunk < j->N;) {
+    long r0 = c * j->chunk, r1 = r0 + j->chunk < j->N ? r0 + j->chunk : j->N;
+    half(j, r0, r1);
+  }
+}
+static void block_before_task(void *p, int tid, int nt) { (void)tid; (void)nt; block_rows_task(p, block_before); }
+static void block_after_task(void *p, int tid, int nt) { (void)tid; (void)nt; block_rows_task(p, block_after); }
 
 static void block_fwd(const float *x, float *out, const block_weights *w, long B, long T, long d, long H, long KVH, long hd, long inner, long cap,
                       long pos0, float eps, double theta, int llama, const paged_tables *pt) {
-  long N = B * T, kvd = KVH * hd, S = pos0 + T;
-  long need = N * (3 * d + 2 * kvd + 2 * inner + 2);
+  long N = B * T, kvd = KVH * hd;
+  long need = N * (3 * d + 2 * kvd + 2 * inner + 2) + N; /* + the contiguous cache's positions */
   if (tl_block_n < need) {
     free(tl_block);
     if (posix_memalign((void **)&tl_block, 64, sizeof(float) * need) != 0) abort();
     tl_block_n = need;
   }
-  float *h = tl_block, *q = h + N * d, *att = q + N * d, *k = att + N * d, *v = k + N * kvd, *m1 = v + N * kvd, *m2 = m1 + N * inner;
-  float *mean = m2 + N * inner, *rstd = mean + N;
-  if (llama) rmsnorm_fwd(x, w->ln1w, h, rstd, N, d, eps);
-  else layernorm_fwd(x, w->ln1w, w->ln1b, h, mean, rstd, N, d, eps);
-  gemm_call(N, d, d, h, w->wq, q, 0.0f, w->bq);
-  gemm_call(N, kvd, d, h, w->wk, k, 0.0f, w->bk);
-  gemm_call(N, kvd, d, h, w->wv, v, 0.0f, w->bv);
+  block_job j;
+  j.h = tl_block; j.q = j.h + N * d; j.att = j.q + N * d; j.k = j.att + N * d; j.v = j.k + N * kvd;
+  j.m1 = j.v + N * kvd; j.m2 = j.m1 + N * inner; j.mean = j.m2 + N * inner; j.rstd = j.mean + N;
+  int32_t *cpos = (int32_t *)(j.rstd + N);
+  j.x = x; j.out = out; j.w = w; j.N = N; j.T = T; j.d = d; j.H = H; j.KVH = KVH; j.hd = hd; j.inner = inner; j.cap = cap; j.pos0 = pos0;
+  j.eps = eps; j.llama = llama; j.pt = pt;
   if (pt) {
-    paged_attention(q, k, v, att, N, H, KVH, hd, llama, theta, pt); /* B = 1: N tokens of many sequences */
+    j.pos = pt->pos;
   } else {
-    if (llama) {
-      rope_table(S, hd, theta);
-      rope_apply(q, q, B, T, H, hd, pos0, 0);
-      rope_apply(k, k, B, T, KVH, hd, pos0, 0);
-    }
-    for (long b = 0; b < B; b++) {
-      memcpy(w->kc + (b * cap + pos0) * kvd, k + b * T * kvd, sizeof(float) * T * kvd);
-      memcpy(w->vc + (b * cap + pos0) * kvd, v + b * T * kvd, sizeof(float) * T * kvd);
-    }
+    for (long r = 0; r < N; r++) cpos[r] = (int32_t)(pos0 + r % T);
+    j.pos = cpos;
+  }
+  if (llama) rope_table(max_pos(j.pos, N) + 1, hd, theta);
+  j.rcos = tl_rope_cos;
+  j.rsin = tl_rope_sin;
+  /* Rows split across threads when the block is worth a wake-up (~16 rows of a 128-wide model); a single row
+   * (decoding one sequence) stays on this thread. */
+  double flops = 2.0 * N * (2.0 * d * d + 2.0 * d * kvd + (llama ? 3.0 : 2.0) * d * inner);
+  int shares = N >= 2 && flops >= 16e6 ? (int)(N < g_threads ? N : g_threads) : 1;
+  j.chunk = (N + shares - 1) / shares;
+  atomic_init(&j.next, 0);
+  parallel(block_before_task, &j, shares);
+  if (pt) {
+    paged_attend_all(j.q, j.att, N, H, KVH, hd, pt);
+  } else {
     attn_job aj;
     atomic_init(&aj.next, 0);
-    aj.B = B; aj.H = H; aj.KVH = KVH; aj.T = T; aj.S = S; aj.hd = hd; aj.pos0 = pos0;
+    aj.B = B; aj.H = H; aj.KVH = KVH; aj.T = T; aj.S = pos0 + T; aj.hd = hd; aj.pos0 = pos0;
     aj.scale = 1.0f / sqrtf((float)hd);
-    aj.q = q; aj.qb = T * d; aj.qh = hd; aj.qt = d;
+    aj.q = j.q; aj.qb = T * d; aj.qh = hd; aj.qt = d;
     aj.k = w->kc; aj.kb = cap * kvd; aj.kh = hd; aj.kt = kvd;
     aj.v = w->vc; aj.vb = cap * kvd; aj.vh = hd; aj.vt = kvd;
-    aj.y = att; aj.yb = T * d; aj.yh = hd; aj.yt = d;
+    aj.y = j.att; aj.yb = T * d; aj.yh = hd; aj.yt = d;
     aj.P = NULL;
-    parallel(attn_fwd_task, &aj, 4.0 * B * H * T * S * hd < 2e5 ? 1 : (int)(B * H));
+    parallel(attn_fwd_task, &aj, 4.0 * B * H * T * aj.S * hd < 2e5 ? 1 : (int)(B * H));
   }
-  memcpy(out, x, sizeof(float) * N * d);
-  gemm_call(N, d, d, att, w->wo, out, 1.0f, w->bo); /* out = x + att·Wo + bo */
-  if (llama) {
-    rmsnorm_fwd(out, w->ln2w, h, rstd, N, d, eps);
-    gemm_call(N, inner, d, h, w->wg, m1, 0.0f, w->bg);
-    gemm_call(N, inner, d, h, w->wu, m2, 0.0f, w->bu);
-    swiglu_fwd(m1, m2, m1, N * inner);
-  } else {
-    layernorm_fwd(out, w->ln2w, w->ln2b, h, mean, rstd, N, d, eps);
-    gemm_call(N, inner, d, h, w->wu, m2, 0.0f, w->bu);
-    gelu_fwd(m2, m1, N * inner);
-  }
-  gemm_call(N, d, inner, m1, w->wd, out, 1.0f, w->bd); /* out += mlp · Wd + bd */
+  atomic_init(&j.next, 0);
+  parallel(block_after_task, &j, shares);
 }
 
 /* ------------------------------------------------------------------ Node-API glue */
