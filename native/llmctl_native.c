@@ -101,6 +101,15 @@ static void parallel(task_fn fn, void *ctx, int want) {
  * C[M,N] = op(A)[M,K] · op(B)[K,N] (+ beta·C) (+ bias[N]), BLIS-style: B packed into NR-wide panels, A into
  * MR-high panels, a register-blocked micro-kernel. beta is 0 (overwrite; C is not read) or 1 (accumulate). */
 #define MR 6
+#ifndef PF_ROWS
+#define PF_ROWS 16
+#endif
+#ifndef DIRECT_BIG_B
+#define DIRECT_BIG_B (256 * 1024) /* floats: a B bigger than L2 is streamed from memory either way, so unpacked pays up to 128 rows */
+#endif
+#ifndef NEXT_PANEL
+#define NEXT_PANEL 32
+#endif
 #ifndef KC
 #define KC 512
 #endif
@@ -190,7 +199,7 @@ static void ukr_c(long kc, const float *A, const float *B, float *C, long ldc, i
  * past mr read row mr-1 again and columns past nr are masked, so nothing outside the operands is touched;
  * the sums run in the same k order with the same fused multiply-adds, so the result is bit-identical. */
 __attribute__((target("avx512f,fma"))) static void ukr_avx512_direct(long kc, const float *A, long lda, const float *B, long ldb, float *C, long ldc, int mr, int nr,
-                                                                     float beta, const float *bias) {
+                                                                     float beta, const float *bias, const float *next) {
   const float *a0 = A, *a1 = A + (mr > 1 ? 1 : 0) * lda, *a2 = A + (mr > 2 ? 2 : mr - 1) * lda, *a3 = A + (mr > 3 ? 3 : mr - 1) * lda;
   const float *a4 = A + (mr > 4 ? 4 : mr - 1) * lda, *a5 = A + (mr > 5 ? 5 : mr - 1) * lda;
   __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
@@ -198,6 +207,14 @@ __attribute__((target("avx512f,fma"))) static void ukr_avx512_direct(long kc, co
   __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   for (long k = 0; k < kc; k++) {
+    if (k + PF_ROWS < kc) {
+      _mm_prefetch((const char *)(B + (k + PF_ROWS) * ldb), _MM_HINT_T0);
+      _mm_prefetch((const char *)(B + (k + PF_ROWS) * ldb + 16), _MM_HINT_T0);
+    }
+    if (next) {
+      _mm_prefetch((const char *)(next + k * ldb), _MM_HINT_T1);
+      _mm_prefetch((const char *)(next + k * ldb + 16), _MM_HINT_T1);
+    }
     __m512 b0 = _mm512_maskz_loadu_ps(m0, B + k * ldb), b1 = _mm512_maskz_loadu_ps(m1, B + k * ldb + 16), a;
     a = _mm512_set1_ps(a0[k]); c00 = _mm512_fmadd_ps(a, b0, c00); c01 = _mm512_fmadd_ps(a, b1, c01);
     a = _mm512_set1_ps(a1[k]); c10 = _mm512_fmadd_ps(a, b0, c10); c11 = _mm512_fmadd_ps(a, b1, c11);
@@ -229,7 +246,14 @@ __attribute__((target("avx512f,fma"))) static void ukr_avx512_row(long kc, const
   for (; j + 64 <= N; j += 64) {
     __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
     const float *b = B + j;
+    const int pf = j + 128 <= N; /* pull the panel after next into L2 while this one is summed */
     for (long k = 0; k < kc; k++, b += ldb) {
+      if (pf) {
+        _mm_prefetch((const char *)(b + 64), _MM_HINT_T1);
+        _mm_prefetch((const char *)(b + 80), _MM_HINT_T1);
+        _mm_prefetch((const char *)(b + 96), _MM_HINT_T1);
+        _mm_prefetch((const char *)(b + 112), _MM_HINT_T1);
+      }
       __m512 a = _mm512_set1_ps(A[k]);
       c0 = _mm512_fmadd_ps(a, _mm512_loadu_ps(b), c0);
       c1 = _mm512_fmadd_ps(a, _mm512_loadu_ps(b + 16), c1);
@@ -283,27 +307,32 @@ static void pack_a(int ta, const float *A, long lda, long i0, long k0, long mc, 
 }
 
 static void pack_b(int tb, const float *B, long ldb, long k0, long j0, long kc, long nc, int NR, float *Bp) {
-  for (long jr = 0; jr < nc; jr += NR) {
-    int nr = nc - jr < NR ? (int)(nc - jr) : NR;
-    float *dst = Bp + jr * kc;
-    if (!tb) {
-      for (long k = 0; k < kc; k++) {
-        const float *src = B + (k0 + k) * ldb + j0 + jr;
-        float *d = dst + k * NR;
-        if (nr == NR) memcpy(d, src, sizeof(float) * NR);
+  if (!tb) {
+    /* Row by row: each row of B is read once, front to back (a panel at a time would walk B with a stride
+     * of ldb, which the prefetchers cannot follow once the weights come from memory). */
+    for (long k = 0; k < kc; k++) {
+      const float *src = B + (k0 + k) * ldb + j0;
+      for (long jr = 0; jr < nc; jr += NR) {
+        int nr = nc - jr < NR ? (int)(nc - jr) : NR;
+        float *d = Bp + jr * kc + k * NR;
+        if (nr == NR) memcpy(d, src + jr, sizeof(float) * NR);
         else {
-          for (int j = 0; j < nr; j++) d[j] = src[j];
+          for (int j = 0; j < nr; j++) d[j] = src[jr + j];
           for (int j = nr; j < NR; j++) d[j] = 0.0f;
         }
       }
-    } else {
-      for (int j = 0; j < NR; j++) {
-        if (j < nr) {
-          const float *src = B + (j0 + jr + j) * ldb + k0;
-          for (long k = 0; k < kc; k++) dst[k * NR + j] = src[k];
-        } else {
-          for (long k = 0; k < kc; k++) dst[k * NR + j] = 0.0f;
-        }
+    }
+    return;
+  }
+  for (long jr = 0; jr < nc; jr += NR) {
+    int nr = nc - jr < NR ? (int)(nc - jr) : NR;
+    float *dst = Bp + jr * kc;
+    for (int j = 0; j < NR; j++) {
+      if (j < nr) {
+        const float *src = B + (j0 + jr + j) * ldb + k0;
+        for (long k = 0; k < kc; k++) dst[k * NR + j] = src[k];
+      } else {
+        for (long k = 0; k < kc; k++) dst[k * NR + j] = 0.0f;
       }
     }
   }
@@ -405,7 +434,9 @@ static void gemm_small_m(int ta, int tb, long M, long N, long K, const float *A,
 
 static void gemm_st(int ta, int tb, long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc, float beta, const float *bias) {
   if (M <= 0 || N <= 0) return;
-  if (g_isa == 2 && !ta && !tb && M <= 48 && K > 0) { /* up to a few dozen rows (decode steps): no packing */
+  /* A few dozen rows (decode steps), or up to 128 rows of a B bigger than L2: no packing. The kernel prefetches
+   * (its 32-column panels are strided walks through B that the hardware prefetchers do not follow). */
+  if (g_isa == 2 && !ta && !tb && K > 0 && (M <= 48 || (M <= 128 && K * N >= DIRECT_BIG_B))) {
     for (long pc = 0; pc < K; pc += KC) {
       long kc = K - pc < KC ? K - pc : KC;
       int first = pc == 0;
@@ -416,7 +447,8 @@ static void gemm_st(int ta, int tb, long M, long N, long K, const float *A, long
       for (long jr = 0; jr < N; jr += 32)
         for (long ir = 0; ir < M; ir += MR)
           ukr_avx512_direct(kc, A + ir * lda + pc, lda, B + pc * ldb + jr, ldb, C + ir * ldc + jr, ldc, M - ir < MR ? (int)(M - ir) : MR,
-                            N - jr < 32 ? (int)(N - jr) : 32, first ? beta : 1.0f, first && bias ? bias + jr : NULL);
+                            N - jr < 32 ? (int)(N - jr) : 32, first ? beta : 1.0f, first && bias ? bias + jr : NULL,
+                            ir == 0 && jr + NEXT_PANEL + 32 <= N ? B + pc * ldb + jr + NEXT_PANEL : NULL); /* the first row panel pulls a later column panel into L2 */
     }
     return;
   }

@@ -121,7 +121,9 @@ describe('native kernels against the WASM path', { skip: available ? false : `na
     try {
       for (let isa = 0; isa <= best; isa++) {
         addon.forceIsa(isa);
-        for (const [M, N, K] of [[203, 40, 300], [37, 70, 520]] as [number, number, number][]) {
+        // Shapes reach every path: packed (203 rows), unpacked (37), unpacked with a B bigger than L2 (100 × 520 × 520),
+        // one row, and the few-rows kernels for transposed operands.
+        for (const [M, N, K] of [[203, 40, 300], [37, 70, 520], [100, 520, 520]] as [number, number, number][]) {
           for (const ta of [false, true]) {
             for (const tb of [false, true]) {
               const a = randn(ta ? [K, M] : [M, K], rng), b = randn(tb ? [N, K] : [K, N], rng) as tf.Tensor2D, bias = randn([N], rng);
