@@ -44,8 +44,12 @@ static task_fn g_fn;
 static void *g_ctx;
 static int g_job_threads;
 
+/* Set while this thread runs a share of a parallel job: a kernel called from there runs on its own thread. */
+static __thread int tl_in_share;
+
 static void *worker_main(void *arg) {
   int tid = (int)(intptr_t)arg;
+  tl_in_share = 1;
   unsigned seen = atomic_load(&g_gen);
   for (;;) {
     int spins = 0;
@@ -87,7 +91,9 @@ static void parallel(task_fn fn, void *ctx, int want) {
   atomic_fetch_add_explicit(&g_gen, 1, memory_order_release);
   pthread_cond_broadcast(&g_cv);
   pthread_mutex_unlock(&g_mtx);
+  tl_in_share = 1;
   fn(ctx, 0, n);
+  tl_in_share = 0;
   /* Wait for the workers' last chunks; yield soon, so that a worker descheduled on a busy machine can
    * run on this core. */
   for (int spins = 0; atomic_load_explicit(&g_pending, memory_order_acquire) > 0; spins++) {
@@ -1035,15 +1041,34 @@ typedef struct {
   float *h, *q, *att, *k, *v, *m1, *m2, *mean, *rstd; /* scratch over all N rows */
 } block_job;
 
+/* C[M,N] = A[M,K]·B[K,N] (+ beta·C + bias), row-major: on the pool's threads when the product is big enough, except
+ * inside a row share (parallel() does not nest). */
+static void gemm_nn(long M, long N, long K, const float *A, long lda, const float *B, long ldb, float *C, long ldc, float beta, const float *bias) {
+  if (tl_in_share) {
+    gemm_st(0, 0, M, N, K, A, lda, B, ldb, C, ldc, beta, bias);
+    return;
+  }
+  gemm_job g;
+  g.ta = g.tb = 0;
+  g.batch = 1;
+  g.M = M; g.N = N; g.K = K;
+  g.lda = lda; g.ldb = ldb; g.ldc = ldc;
+  g.sa = g.sb = g.sc = 0;
+  g.A = A; g.B = B; g.C = C;
+  g.bias = bias;
+  g.beta = beta;
+  gemm_mt(&g);
+}
+
 static void block_before(block_job *j, long r0, long r1) {
   long n = r1 - r0, d = j->d, kvd = j->KVH * j->hd;
   const block_weights *w = j->w;
   float *h = j->h + r0 * d, *q = j->q + r0 * d, *k = j->k + r0 * kvd, *v = j->v + r0 * kvd;
   if (j->llama) rmsnorm_fwd(j->x + r0 * d, w->ln1w, h, j->rstd + r0, n, d, j->eps);
   else layernorm_fwd(j->x + r0 * d, w->ln1w, w->ln1b, h, j->mean + r0, j->rstd + r0, n, d, j->eps);
-  gemm_st(0, 0, n, d, d, h, d, w->wq, d, q, d, 0.0f, w->bq);
-  gemm_st(0, 0, n, kvd, d, h, d, w->wk, kvd, k, kvd, 0.0f, w->bk);
-  gemm_st(0, 0, n, kvd, d, h, d, w->wv, kvd, v, kvd, 0.0f, w->bv);
+  gemm_nn(n, d, d, h, d, w->wq, d, q, d, 0.0f, w->bq);
+  gemm_nn(n, kvd, d, h, d, w->wk, kvd, k, kvd, 0.0f, w->bk);
+  gemm_nn(n, kvd, d, h, d, w->wv, kvd, v, kvd, 0.0f, w->bv);
   if (j->llama) {
     rope_rows(q, n, j->H, j->hd, j->pos + r0, j->rcos, j->rsin);
     rope_rows(k, n, j->KVH, j->hd, j->pos + r0, j->rcos, j->rsin);
@@ -1064,18 +1089,18 @@ static void block_after(block_job *j, long r0, long r1) {
   const block_weights *w = j->w;
   float *out = j->out + r0 * d, *h = j->h + r0 * d, *m1 = j->m1 + r0 * inner, *m2 = j->m2 + r0 * inner;
   memcpy(out, j->x + r0 * d, sizeof(float) * n * d);
-  gemm_st(0, 0, n, d, d, j->att + r0 * d, d, w->wo, d, out, d, 1.0f, w->bo); /* out = x + att·Wo + bo */
+  gemm_nn(n, d, d, j->att + r0 * d, d, w->wo, d, out, d, 1.0f, w->bo); /* out = x + att·Wo + bo */
   if (j->llama) {
     rmsnorm_fwd(out, w->ln2w, h, j->rstd + r0, n, d, j->eps);
-    gemm_st(0, 0, n, inner, d, h, d, w->wg, inner, m1, inner, 0.0f, w->bg);
-    gemm_st(0, 0, n, inner, d, h, d, w->wu, inner, m2, inner, 0.0f, w->bu);
+    gemm_nn(n, inner, d, h, d, w->wg, inner, m1, inner, 0.0f, w->bg);
+    gemm_nn(n, inner, d, h, d, w->wu, inner, m2, inner, 0.0f, w->bu);
     swiglu_fwd(m1, m2, m1, n * inner);
   } else {
     layernorm_fwd(out, w->ln2w, w->ln2b, h, j->mean + r0, j->rstd + r0, n, d, j->eps);
-    gemm_st(0, 0, n, inner, d, h, d, w->wu, inner, m2, inner, 0.0f, w->bu);
+    gemm_nn(n, inner, d, h, d, w->wu, inner, m2, inner, 0.0f, w->bu);
     gelu_fwd(m2, m1, n * inner);
   }
-  gemm_st(0, 0, n, d, inner, m1, inner, w->wd, d, out, d, 1.0f, w->bd); /* out += mlp · Wd + bd */
+  gemm_nn(n, d, inner, m1, inner, w->wd, d, out, d, 1.0f, w->bd); /* out += mlp · Wd + bd */
 }
 
 static void block_rows_task(void *p, void (*half)(block_job *, long, long)) {
@@ -1112,10 +1137,9 @@ static void block_fwd(const float *x, float *out, const block_weights *w, long B
   if (llama) rope_table(max_pos(j.pos, N) + 1, hd, theta);
   j.rcos = tl_rope_cos;
   j.rsin = tl_rope_sin;
-  /* Rows split across threads when the block is worth a wake-up (~16 rows of a 128-wide model); a single row
-   * (decoding one sequence) stays on this thread. */
-  double flops = 2.0 * N * (2.0 * d * d + 2.0 * d * kvd + (llama ? 3.0 : 2.0) * d * inner);
-  int shares = N >= 2 && flops >= 16e6 ? (int)(N < g_threads ? N : g_threads) : 1;
+  /* Many rows (a prompt): each thread takes a range of rows. Fewer (decode steps): one share, and each product
+   * big enough to pay for a wake-up is split by columns instead, so that each thread streams half the weights. */
+  int shares = N >= 64 ? (int)(N < g_threads ? N : g_threads) : 1;
   j.chunk = (N + shares - 1) / shares;
   atomic_init(&j.next, 0);
   parallel(block_before_task, &j, shares);
