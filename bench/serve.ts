@@ -1,10 +1,15 @@
 /**
  * Serving benchmark in the manner of vLLM's benchmark_serving.py: requests with Poisson arrivals at several
  * rates against a real `llmctl serve` on 127.0.0.1 (a child process, so the load generator does not share
- * its event loop), streamed through the openai client; reports output tokens/s, TTFT and TPOT p50/p99.
+ * its event loop), streamed; reports output tokens/s, TTFT and TPOT p50/p99.
+ *
+ * The load generator: like vLLM's (aiohttp, its own SSE parsing), by default a lean node:http client that
+ * splits the stream into events and JSON-parses each; `--client openai` streams through the official openai
+ * client instead. On 2 cores the generator shares the CPU with the server, and the SDK's per-chunk cost
+ * (~3x the lean client's) caps what a batched server can show: the server sits idle waiting for its reader.
  *
  *   node --import tsx bench/serve.ts [--checkpoint runs/pretrain] [--requests 64] [--rates 4,16,inf] [--reps 2]
- *                                    [--max-tokens 32] [--sweep 1,2,4,8,16,32] [--seed 0]
+ *                                    [--max-tokens 32] [--sweep 1,2,4,8,16,32] [--seed 0] [--client http|openai]
  *
  * 1. continuous batching (max_num_seqs 16) vs one request at a time (max_num_seqs 1) on the same load, as
  *    wall-clock output tokens/s and as tokens per second of the server's own CPU time (on a shared machine the
@@ -15,6 +20,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
 import OpenAI from 'openai';
 import { initBackend } from '../src/backend/index.js';
 import { disposeParams, loadCheckpoint } from '../src/checkpoint/model.js';
@@ -76,7 +82,52 @@ function prompts(n: number, seed: number): string[] {
 let failureShown = false;
 interface Result { ok: boolean; ttft: number; e2e: number; tokens: number }
 
+const CLIENT = args.get('client') ?? 'http';
+const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+
+/** One streamed completion through node:http: SSE events split on blank lines, each JSON-parsed (as vLLM's bench). */
+function oneRequestHttp(url: string, prompt: string, seed: number): Promise<Result> {
+  const t0 = performance.now();
+  const body = JSON.stringify({ model: 'bench', prompt, max_tokens: MAX_TOKENS, temperature: 0.8, seed, stream: true, stream_options: { include_usage: true } });
+  return new Promise((resolve) => {
+    let ttft = 0, tokens = 0, buf = '', finished = false;
+    const fail = (err: Error) => {
+      if (!failureShown) console.error(`request failed: ${err.message}`);
+      failureShown = true;
+      resolve({ ok: false, ttft: 0, e2e: 0, tokens: 0 });
+    };
+    const req = http.request(`${url}/v1/completions`, { method: 'POST', agent, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) }, timeout: RUN_TIMEOUT_S * 1000 }, (res) => {
+      if (res.statusCode !== 200) {
+        res.resume();
+        return fail(new Error(`HTTP ${res.statusCode}`));
+      }
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => {
+        buf += d;
+        for (let end = buf.indexOf('\n\n'); end >= 0; end = buf.indexOf('\n\n')) {
+          const event = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          if (!event.startsWith('data: ')) continue;
+          if (event === 'data: [DONE]') {
+            finished = true;
+            continue;
+          }
+          const chunk = JSON.parse(event.slice(6)) as { choices: { text?: string }[]; usage?: { completion_tokens: number } };
+          if (!ttft && chunk.choices[0]?.text) ttft = performance.now() - t0;
+          if (chunk.usage) tokens = chunk.usage.completion_tokens;
+        }
+      });
+      res.on('end', () => (finished ? resolve({ ok: true, ttft: ttft / 1000, e2e: (performance.now() - t0) / 1000, tokens }) : fail(new Error('stream ended before [DONE]'))));
+      res.on('error', fail);
+    });
+    req.on('error', fail);
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.end(body);
+  });
+}
+
 async function oneRequest(client: OpenAI, prompt: string, seed: number): Promise<Result> {
+  if (CLIENT === 'http') return oneRequestHttp(client.baseURL.replace(/\/v1$/, ''), prompt, seed);
   const t0 = performance.now();
   let ttft = 0, tokens = 0;
   try {
@@ -148,7 +199,7 @@ async function withServer<T>(seqs: number, fn: (url: string) => Promise<T>): Pro
 }
 
 const ps = prompts(REQUESTS, SEED);
-console.log(`# serve bench: ${CHECKPOINT}, ${REQUESTS} requests per run, max_tokens ${MAX_TOKENS}, temperature 0.8\n`);
+console.log(`# serve bench: ${CHECKPOINT}, ${REQUESTS} requests per run, max_tokens ${MAX_TOKENS}, temperature 0.8, client ${CLIENT === 'http' ? 'node:http (lean SSE reader)' : 'openai'}\n`);
 
 console.log('## Continuous batching vs one at a time (Poisson arrivals)\n');
 console.log(`Both servers stay up; at each rate the two run back to back, in alternating order, ${REPS} times (the machine is shared, so load drifts).\n`);
