@@ -83,7 +83,8 @@ let failureShown = false;
 interface Result { ok: boolean; ttft: number; e2e: number; tokens: number }
 
 const CLIENT = args.get('client') ?? 'http';
-const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+// A connection per request: Node's Agent reuses keep-alive sockets the server is closing (its 5 s idle timeout).
+const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
 
 /** One streamed completion through node:http: SSE events split on blank lines, each JSON-parsed (as vLLM's bench). */
 function oneRequestHttp(url: string, prompt: string, seed: number): Promise<Result> {

@@ -19,6 +19,7 @@ import { applyPresenceFrequencyPenalty, logSoftmax, topLogprobs } from '../src/m
 import { BlockManager } from '../src/serve/block-manager.js';
 import { type ChoiceDelta, Engine, type EngineConfig, type SamplingParams } from '../src/serve/engine.js';
 import { ModelRunner } from '../src/serve/model-runner.js';
+import { generateOffline } from '../src/serve/offline.js';
 import { KvPool } from '../src/serve/paged-attention.js';
 import { STORIES_BIN, TOK512_PATH } from './paths.js';
 
@@ -266,6 +267,26 @@ describe('engine', () => {
     assert.deepEqual(batch.map((c) => c!.ids[0]), alone);
     assert.ok(fillers.every((c) => c.done));
     assert.equal(e.blocks.numFree, ENGINE.num_blocks);
+  });
+
+  test('offline generation (eval\'s generate_until): 12 requests in order, greedy and seeded texts, stops and token counts equal generate()\'s', () => {
+    const prompts = ['Once upon a time', 'Lily and Tom went to the park', 'The cat', 'One day, a little bird', 'Sam had a red ball and he', 'The sun was'];
+    const greedy = { temperature: 0, top_p: 1, top_k: 0, repetition_penalty: 1 };
+    const requests = prompts.flatMap((p, i) => [
+      { promptIds: encode(p), ...greedy, max_tokens: 10 + i, stop: ['.'] },
+      { promptIds: encode(p), temperature: 0.9, top_p: 1, top_k: 0, repetition_penalty: 1, max_tokens: 8, stop: [], seed: 40 + i },
+    ]);
+    const done: number[] = [];
+    const got = generateOffline(stories, requests, { maxNumSeqs: 5, onDone: (i) => done.push(i) });
+    assert.equal(got.length, requests.length);
+    assert.deepEqual([...done].sort((a, b) => a - b), requests.map((_, i) => i));
+    requests.forEach((r, i) => {
+      const alone = generate(stories, r.promptIds, { ...r, seed: r.seed ?? 0 });
+      assert.equal(got[i]!.text, alone.text, `request ${i}`);
+      assert.equal(got[i]!.tokens, alone.ids.length, `request ${i} tokens`);
+      assert.equal(got[i]!.finishReason, alone.finishReason, `request ${i} finish`);
+    });
+    assert.ok(got.some((g) => g.finishReason === 'stop') && got.some((g) => g.finishReason === 'length'), 'both ways to finish occur');
   });
 
   test('n > 1 choices share the prompt blocks; the partly filled last block is copied on write', () => {

@@ -6,9 +6,10 @@
  */
 import { createHash } from 'node:crypto';
 import type { Tokenizer } from '../tokenizer/index.js';
-import { type LanguageModel, generate } from '../model/generate.js';
+import type { LanguageModel } from '../model/generate.js';
 import type { ForwardOptions } from '../model/gpt.js';
 import { Progress, log } from '../util/log.js';
+import { generateOffline } from '../serve/offline.js';
 import type { NgramIndex } from './contamination.js';
 import { type ChoiceGroup, type LoglikResult, type LoglikStats, encodePair, encodeText, rollingLoglik, scoreGroupsShared, scoreGroupsUnshared } from './loglik.js';
 import { exactMatch, gsm8kFlexible, gsm8kStrict, mc2, mean, meanStderr, multipleChoice, passAtK } from './metrics.js';
@@ -178,20 +179,23 @@ async function genOutcome(model: LanguageModel, task: GenTask, o: EvalOptions, p
   const sampling = isCode && n > 1
     ? { temperature: o.humaneval.temperature, top_p: o.humaneval.topP, top_k: 0, repetition_penalty: 1 }
     : { temperature: 0, top_p: 1, top_k: 0, repetition_penalty: 1 };
-  const completions: string[][] = [];
-  for (let i = 0; i < docs.length; i++) {
-    const ids = generationPrompt(model, contexts[i]!, maxTokens);
-    const outs: string[] = [];
-    for (let s = 0; s < n; s++) {
-      const t0 = performance.now();
-      const g = generate(model, ids, { ...sampling, seed: o.humaneval.seed + i * 1000 + s, max_tokens: maxTokens, stop: task.until, forward: o.forward });
-      stats.seconds += (performance.now() - t0) / 1000;
-      stats.tokens += g.ids.length;
-      outs.push(g.text);
-    }
-    completions.push(outs);
-    progress();
-  }
+  // Every (document, sample) is one request through the serving engine's continuous batching (offline.ts):
+  // up to 16 decode together and the few-shot prefix blocks are shared; each keeps its own seed and stops.
+  const requests = docs.flatMap((_, i) => {
+    const promptIds = generationPrompt(model, contexts[i]!, maxTokens);
+    return Array.from({ length: n }, (_, s) => ({ promptIds, ...sampling, seed: o.humaneval.seed + i * 1000 + s, max_tokens: maxTokens, stop: task.until }));
+  });
+  const left = docs.map(() => n);
+  const t0 = performance.now();
+  const results = generateOffline(model, requests, {
+    loraScale: o.forward?.loraScale,
+    onDone: (r) => {
+      if (--left[Math.floor(r / n)]! === 0) progress();
+    },
+  });
+  stats.seconds += (performance.now() - t0) / 1000;
+  stats.tokens += results.reduce((t, r) => t + r.tokens, 0);
+  const completions = docs.map((_, i) => results.slice(i * n, (i + 1) * n).map((r) => r.text));
   if (task.scorer === 'gsm8k') {
     const perDoc = docs.map((d, i) => {
       const resp = completions[i]![0]!;

@@ -59,7 +59,7 @@ export class ModelRunner {
         picked.dispose();
         let r = 0;
         idx.forEach((i, j) => {
-          if (group[j]!.sample) out[i] = data.slice(r * V, ++r * V);
+          if (group[j]!.sample) out[i] = data.subarray(r * V, ++r * V); // views of this step's fresh array
         });
       }
       logits.dispose();
