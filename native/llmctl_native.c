@@ -895,33 +895,78 @@ typedef struct {
   const paged_tables *pt;
 } paged_job;
 
-/* q·k over one head: a vector of partial sums and one tree reduction (a running scalar sum would be a chain of
- * dependent adds, the whole cost of a short head). */
-__attribute__((target("avx512f,fma"))) static float dot_avx512(const float *a, const float *b, long n) {
-  __m512 acc = _mm512_setzero_ps();
-  long d = 0;
-  for (; d + 16 <= n; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc);
-  if (d < n) {
-    __mmask16 m = (__mmask16)((1u << (n - d)) - 1);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + d), _mm512_maskz_loadu_ps(m, b + d), acc);
+/* One (token, head) of paged attention: scores over the sequence's rows, softmax, weighted sum of values.
+ * The AVX-512 version keeps the query in registers and works through the keys four at a time (four
+ * independent sums, then one reduction each); the portable one is the same arithmetic in plain C. */
+__attribute__((target("avx512f,fma"))) static void paged_attend_avx512(const float *q, const float *kp, const float *vp, const int32_t *slots, long ctx,
+                                                                      long kvd, long hd, float scale, float *s, float *y) {
+  const long nv = hd / 16, tail = hd % 16;
+  const __mmask16 tm = (__mmask16)((1u << tail) - 1);
+  __m512 qv[8];
+  for (long j = 0; j < nv && j < 8; j++) qv[j] = _mm512_loadu_ps(q + 16 * j);
+  float mx = -INFINITY;
+  long c = 0;
+  if (nv <= 8 && tail == 0) {
+    for (; c + 4 <= ctx; c += 4) {
+      const float *k0 = kp + (long)slots[c] * kvd, *k1 = kp + (long)slots[c + 1] * kvd, *k2 = kp + (long)slots[c + 2] * kvd, *k3 = kp + (long)slots[c + 3] * kvd;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (long j = 0; j < nv; j++) {
+        a0 = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(k0 + 16 * j), a0);
+        a1 = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(k1 + 16 * j), a1);
+        a2 = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(k2 + 16 * j), a2);
+        a3 = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(k3 + 16 * j), a3);
+      }
+      s[c] = _mm512_reduce_add_ps(a0) * scale;
+      s[c + 1] = _mm512_reduce_add_ps(a1) * scale;
+      s[c + 2] = _mm512_reduce_add_ps(a2) * scale;
+      s[c + 3] = _mm512_reduce_add_ps(a3) * scale;
+    }
   }
-  return _mm512_reduce_add_ps(acc);
-}
-static float dot_plain(const float *a, const float *b, long n) {
-  float part[8] = {0}, dot = 0.0f;
-  long d = 0;
-  for (; d + 8 <= n; d += 8)
-    for (int l = 0; l < 8; l++) part[l] += a[d + l] * b[d + l];
-  for (; d < n; d++) dot += a[d] * b[d];
-  return dot + ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+  for (; c < ctx; c++) {
+    const float *k = kp + (long)slots[c] * kvd;
+    __m512 a = _mm512_setzero_ps();
+    long d = 0;
+    for (; d + 16 <= hd; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), a);
+    if (d < hd) a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, q + d), _mm512_maskz_loadu_ps(tm, k + d), a);
+    s[c] = _mm512_reduce_add_ps(a) * scale;
+  }
+  for (c = 0; c < ctx; c++) mx = s[c] > mx ? s[c] : mx;
+  float sum = 0.0f;
+  for (c = 0; c < ctx; c++) {
+    s[c] = fast_expf(s[c] - mx);
+    sum += s[c];
+  }
+  const float inv = 1.0f / sum;
+  if (nv <= 8 && tail == 0) {
+    __m512 acc[8];
+    for (long j = 0; j < nv; j++) acc[j] = _mm512_setzero_ps();
+    for (c = 0; c < ctx; c++) {
+      const float *v = vp + (long)slots[c] * kvd;
+      const __m512 w = _mm512_set1_ps(s[c] * inv);
+      for (long j = 0; j < nv; j++) acc[j] = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + 16 * j), acc[j]);
+    }
+    for (long j = 0; j < nv; j++) _mm512_storeu_ps(y + 16 * j, acc[j]);
+    return;
+  }
+  for (long d = 0; d < hd; d++) y[d] = 0.0f;
+  for (c = 0; c < ctx; c++) {
+    const float *v = vp + (long)slots[c] * kvd;
+    const float w = s[c] * inv;
+    for (long d = 0; d < hd; d++) y[d] += w * v[d];
+  }
 }
 
-CLONES static void paged_attend(const float *q, const float *kp, const float *vp, const int32_t *slots, long ctx, long kvd, long hd, float scale,
-                                float *s, float *y) {
-  float (*dot)(const float *, const float *, long) = g_isa == 2 ? dot_avx512 : dot_plain;
+CLONES static void paged_attend_plain(const float *q, const float *kp, const float *vp, const int32_t *slots, long ctx, long kvd, long hd, float scale,
+                                      float *s, float *y) {
   float mx = -INFINITY;
   for (long c = 0; c < ctx; c++) {
-    s[c] = dot(q, kp + (long)slots[c] * kvd, hd) * scale;
+    const float *k = kp + (long)slots[c] * kvd;
+    float part[8] = {0}, dot = 0.0f;
+    long d = 0;
+    for (; d + 8 <= hd; d += 8)
+      for (int l = 0; l < 8; l++) part[l] += q[d + l] * k[d + l];
+    for (; d < hd; d++) dot += q[d] * k[d];
+    s[c] = (dot + ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]))) * scale;
     mx = s[c] > mx ? s[c] : mx;
   }
   float sum = 0.0f;
@@ -946,7 +991,7 @@ static void paged_task(void *p, int tid, int nt) {
   (void)nt;
   for (long u; (u = atomic_fetch_add(&j->next, 1)) < j->N * j->H;) {
     long i = u / j->H, h = u % j->H, g = h / rep, ctx = (long)pt->pos[i] + 1;
-    paged_attend(j->q + i * d + h * j->hd, pt->kpool + g * j->hd, pt->vpool + g * j->hd, pt->slots + pt->base[i], ctx, kvd, j->hd, j->scale,
+    (g_isa == 2 ? paged_attend_avx512 : paged_attend_plain)(j->q + i * d + h * j->hd, pt->kpool + g * j->hd, pt->vpool + g * j->hd, pt->slots + pt->base[i], ctx, kvd, j->hd, j->scale,
                  scratch(ctx), j->y + i * d + h * j->hd);
   }
 }
