@@ -8,11 +8,14 @@
  * makes a new tensor), while a host array takes each step's new keys/values in place and the kernel reads
  * exactly the rows it needs. The pool is therefore not a tensor at all, which also keeps the engine's tensor
  * count independent of how many sequences are cached. (On a GPU backend a tensor pool with a gather
- * kernel would be the better layout; this one reads q/k/v back to the host once per layer.)
+ * kernel would be the better layout.)
  *
- * The kernel: for a step's N tokens (prompt chunks and decode tokens of several sequences), write each
+ * The attention: for a step's N tokens (prompt chunks and decode tokens of several sequences), write each
  * token's k/v into its slot, then for every token and head attend over positions 0..pos of its own
- * sequence — causal within a chunk, and across chunks and steps through the pool.
+ * sequence — causal within a chunk, and across chunks and steps through the pool. With the native addon
+ * gpt.ts hands the pool and the tables below to one kernel per block (the whole block, or just the
+ * attention on the per-op path); `attend` here is the same computation in JS for the WASM kernels, which
+ * reads q/k/v back to the host once per layer.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig, PagedAttention } from '../model/gpt.js';
