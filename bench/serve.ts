@@ -15,7 +15,8 @@
  *    wall-clock output tokens/s and as tokens per second of the server's own CPU time (on a shared machine the
  *    wall-clock figure swings with other processes' load; the CPU-time one much less);
  * 2. a batch-size sweep (all requests at once, max_num_seqs from --sweep);
- * 3. single stream: one request at a time, server tokens/s and TTFT next to in-process `generate`.
+ * 3. single stream: one request at a time, server tokens/s and TTFT next to in-process `generate`;
+ * 4. the same load through the engine alone (src/serve/offline.ts), 1 vs 16 sequences: the ceiling of 1.
  * Bounded: --requests per run, and every run stops after --run-timeout seconds.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -25,6 +26,7 @@ import OpenAI from 'openai';
 import { initBackend } from '../src/backend/index.js';
 import { disposeParams, loadCheckpoint } from '../src/checkpoint/model.js';
 import { generate } from '../src/model/generate.js';
+import { generateOffline } from '../src/serve/offline.js';
 import { Rng } from '../src/util/rng.js';
 import { Tokenizer } from '../src/tokenizer/index.js';
 import { REPO, SHAKESPEARE_PATH } from '../test/paths.js';
@@ -247,8 +249,26 @@ const server = await withServer(16, async (url) => {
 await initBackend('wasm');
 const model = loadCheckpoint(CHECKPOINT);
 const gen = single.map((p, i) => generate(model, model.tokenizer.encode(p), { max_tokens: MAX_TOKENS, temperature: 0.8, top_k: 0, top_p: 1, repetition_penalty: 1, stop: [], seed: i }));
-disposeParams(model.params);
 const serverTps = server.map((r) => (r.tokens > 1 ? (r.tokens - 1) / (r.e2e - r.ttft) : 0));
 console.log('| path | decode tokens/s p50 | TTFT p50 ms |\n| --- | --- | --- |');
-console.log(`| llmctl serve (HTTP + SSE, openai client) | ${pct(serverTps, 50).toFixed(0)} | ${ms(pct(server.map((r) => r.ttft), 50))} |`);
+console.log(`| llmctl serve (HTTP + SSE, ${CLIENT === 'http' ? 'node:http reader' : 'openai client'}) | ${pct(serverTps, 50).toFixed(0)} | ${ms(pct(server.map((r) => r.ttft), 50))} |`);
 console.log(`| llmctl generate (in process) | ${pct(gen.map((g) => g.tokensPerSecond), 50).toFixed(0)} | ${pct(gen.map((g) => g.ttftMs), 50).toFixed(0)} |`);
+
+// The same load through the engine alone (offline.ts: no HTTP, no event loop between steps): the ceiling of
+// the served ratio, since what the server adds per token is the same at any batch size.
+console.log('\n## The engine alone (same prompts, all at once, in process, no HTTP)\n');
+console.log('| max_num_seqs | requests | seconds | output tok/s |\n| --- | --- | --- | --- |');
+const requests = ps.map((p, i) => ({ promptIds: model.tokenizer.encode(p), max_tokens: MAX_TOKENS, temperature: 0.8, top_p: 1, top_k: 0, repetition_penalty: 1, stop: [], seed: i }));
+generateOffline(model, requests.slice(0, 32), { maxNumSeqs: 16, prefixCaching: false }); // warm-up
+const alone: Record<number, number[]> = { 1: [], 16: [] };
+for (let rep = 0; rep < REPS; rep++) {
+  for (const seqs of rep % 2 ? [16, 1] : [1, 16]) {
+    const t0 = performance.now();
+    const out = generateOffline(model, requests, { maxNumSeqs: seqs, prefixCaching: false });
+    const seconds = (performance.now() - t0) / 1000, tokens = out.reduce((n, r) => n + r.tokens, 0);
+    alone[seqs]!.push(tokens / seconds);
+    console.log(`| ${seqs} | ${requests.length} | ${seconds.toFixed(1)} | ${(tokens / seconds).toFixed(0)} |`);
+  }
+}
+console.log(`\nengine alone, 16 / 1: ${alone[16]!.map((t, i) => (t / alone[1]![i]!).toFixed(2) + 'x').join(', ')}`);
+disposeParams(model.params);

@@ -29,6 +29,8 @@ export interface OfflineResult {
 export interface OfflineOptions {
   /** Sequences decoded together (vLLM's max_num_seqs). */
   maxNumSeqs?: number;
+  /** Share the blocks of common prompt prefixes (default true). */
+  prefixCaching?: boolean;
   /** LoRA scale when the model's params carry an adapter. */
   loraScale?: number;
   /** Called as each request finishes, with its index. */
@@ -44,7 +46,7 @@ export function generateOffline(model: LanguageModel, requests: readonly Offline
     block_size: blockSize,
     max_num_seqs: maxNumSeqs,
     max_num_batched_tokens: Math.max(512, config.n_ctx),
-    prefix_caching: true,
+    prefix_caching: o.prefixCaching ?? true,
   });
   engine.autoRun = false;
   const results: OfflineResult[] = new Array(requests.length);
