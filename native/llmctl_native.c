@@ -107,14 +107,16 @@ static void parallel(task_fn fn, void *ctx, int want) {
  * C[M,N] = op(A)[M,K] · op(B)[K,N] (+ beta·C) (+ bias[N]), BLIS-style: B packed into NR-wide panels, A into
  * MR-high panels, a register-blocked micro-kernel. beta is 0 (overwrite; C is not read) or 1 (accumulate). */
 #define MR 6
+/* The unpacked kernels (few rows): prefetch distance in rows of B within a panel, and how far ahead (in columns)
+ * the first row panel pulls a later panel into L2; tuned on a 6x384 model whose weights come from memory. */
 #ifndef PF_ROWS
 #define PF_ROWS 16
 #endif
+#ifndef NEXT_PANEL
+#define NEXT_PANEL 64
+#endif
 #ifndef DIRECT_BIG_B
 #define DIRECT_BIG_B (256 * 1024) /* floats: a B bigger than L2 is streamed from memory either way, so unpacked pays up to 128 rows */
-#endif
-#ifndef NEXT_PANEL
-#define NEXT_PANEL 32
 #endif
 #ifndef KC
 #define KC 512
