@@ -3,7 +3,8 @@
  * (missing, a directory, unreadable, empty, binary) instead of a bare EISDIR/EACCES, and a UTF-8 BOM
  * (which editors on Windows add) is not part of the text.
  */
-import { accessSync, closeSync, constants, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants, createReadStream, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import { InputError } from '../util/errors.js';
 
 /** Refuse what is not text: a directory, an unreadable or empty file, or binary data (NUL bytes, not UTF-8). */
@@ -76,4 +77,28 @@ export function readJsonlRows(path: string, what: string, onRow: (value: unknown
     }
   });
   return { skipped, skippedReasons };
+}
+
+/**
+ * The rows of a JSONL file as a stream (files bigger than memory: prepare, clean): each non-blank line parsed,
+ * with its line number and its byte range in the file (a BOM counts in the first line's). A line that is not
+ * JSON stops the read with `path: line N: not valid JSON (…)`.
+ */
+export async function* streamJsonlRows(path: string): AsyncGenerator<{ value: unknown; line: number; startByte: number; endByte: number }> {
+  let line = 0, bytes = 0;
+  const rl = createInterface({ input: createReadStream(path, 'utf8'), crlfDelay: Infinity });
+  for await (let raw of rl) {
+    line += 1;
+    const startByte = bytes;
+    bytes += Buffer.byteLength(raw) + 1;
+    if (line === 1) raw = raw.replace(/^\uFEFF/, '');
+    if (!raw.trim()) continue;
+    let value: unknown;
+    try {
+      value = JSON.parse(raw);
+    } catch (err) {
+      throw new Error(`${path}: line ${line}: not valid JSON (${(err as Error).message})`);
+    }
+    yield { value, line, startByte, endByte: bytes };
+  }
 }

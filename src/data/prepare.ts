@@ -3,8 +3,7 @@
  * chunks, so corpora larger than memory work; only BPE training reads up to tokenizer.train.max_bytes.
  */
 import { createReadStream, mkdirSync, readFileSync } from 'node:fs';
-import { checkTextInput } from './input.js';
-import { createInterface } from 'node:readline';
+import { checkTextInput, streamJsonlRows } from './input.js';
 import { join } from 'node:path';
 import type { PrepareConfig } from '../config/stages.js';
 import { Tokenizer } from '../tokenizer/index.js';
@@ -32,23 +31,10 @@ export interface PrepareResult {
  */
 async function* documents(path: string, textField: string): AsyncGenerator<{ text: string; startByte: number; endByte: number }> {
   if (path.endsWith('.jsonl')) {
-    let line = 0, bytes = 0;
-    const rl = createInterface({ input: createReadStream(path, 'utf8'), crlfDelay: Infinity });
-    for await (let raw of rl) {
-      line += 1;
-      const start = bytes;
-      bytes += Buffer.byteLength(raw) + 1;
-      if (line === 1) raw = raw.replace(/^\uFEFF/, '');
-      if (!raw.trim()) continue;
-      let row: unknown;
-      try {
-        row = JSON.parse(raw);
-      } catch (err) {
-        throw new Error(`${path}: line ${line}: not valid JSON (${(err as Error).message})`);
-      }
-      const text = (row as Record<string, unknown>)[textField];
+    for await (const { value, line, startByte, endByte } of streamJsonlRows(path)) {
+      const text = (value as Record<string, unknown>)[textField];
       if (typeof text !== 'string') throw new Error(`${path}: line ${line}: field '${textField}' is missing or not a string`);
-      yield { text, startByte: start, endByte: bytes };
+      yield { text, startByte, endByte };
     }
     return;
   }

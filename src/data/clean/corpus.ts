@@ -5,8 +5,8 @@
  * renamed, so a crash never leaves half a corpus.
  */
 import { closeSync, createReadStream, openSync, renameSync, statSync, writeFileSync, writeSync } from 'node:fs';
-import { createInterface } from 'node:readline';
 import type { CleanOnlyConfig } from '../../config/clean.js';
+import { streamJsonlRows } from '../input.js';
 import { type CleanSample, Cleaner, type StepReport } from './pipeline.js';
 
 /** One input document: its id, its texts, and how to write it back. */
@@ -26,18 +26,8 @@ export async function* readDocuments(path: string, o: { textField: string; textU
   }
   if (st.isDirectory()) throw new Error(`${path}: is a directory; list the files in inputs`);
   if (path.endsWith('.jsonl')) {
-    let line = 0;
-    const rl = createInterface({ input: createReadStream(path, 'utf8'), crlfDelay: Infinity });
-    for await (let raw of rl) {
-      line += 1;
-      if (line === 1) raw = raw.replace(/^\uFEFF/, '');
-      if (!raw.trim()) continue;
-      let row: Record<string, unknown>;
-      try {
-        row = JSON.parse(raw) as Record<string, unknown>;
-      } catch (err) {
-        throw new Error(`${path}: line ${line}: not valid JSON (${(err as Error).message})`);
-      }
+    for await (const { value, line } of streamJsonlRows(path)) {
+      const row = value as Record<string, unknown>;
       const id = `${path}:${line}`;
       const text = row[o.textField];
       if (typeof text === 'string') {
