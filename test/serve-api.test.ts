@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import OpenAI from 'openai';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { initBackend } from '../src/backend/index.js';
 import { type LoadedCheckpoint, disposeParams, saveCheckpoint } from '../src/checkpoint/model.js';
 import { type ServeConfig, ServeConfigSchema } from '../src/config/serve.js';
@@ -222,6 +223,24 @@ describe('serve: OpenAI API through the openai client', () => {
       assert.ok(`llmctl:${name}` in afterM, name);
     }
     assert.equal(afterM['llmctl:num_requests_running'], 0);
+
+    // The same text through a Prometheus parser from npm (prom2json's output shape): families typed as vLLM's,
+    // histograms with cumulative buckets ending at +Inf = _count, values equal to ours. (This parser drops the
+    // _sum/_count lines of a labelled histogram, so the count is compared through the +Inf bucket.)
+    const families = parsePrometheusTextFormat(await (await fetch(`${server.url}/metrics`)).text());
+    const family = (name: string) => families.find((f) => f.name === `llmctl:${name}`) ?? assert.fail(`no family llmctl:${name}`);
+    for (const name of ['generation_tokens_total', 'prompt_tokens_total', 'num_preemptions_total']) assert.equal(family(name).type, 'COUNTER', name);
+    for (const name of ['num_requests_running', 'num_requests_waiting', 'kv_cache_usage_perc']) assert.equal(family(name).type, 'GAUGE', name);
+    assert.equal(Number(family('generation_tokens_total').metrics[0]!.value), afterM['llmctl:generation_tokens_total']);
+    for (const name of ['time_to_first_token_seconds', 'time_per_output_token_seconds', 'e2e_request_latency_seconds']) {
+      const h = family(name);
+      assert.equal(h.type, 'HISTOGRAM', name);
+      const m = h.metrics[0]!;
+      const counts = Object.entries(m.buckets!).map(([le, c]) => [le === '+Inf' ? Infinity : Number(le), Number(c)] as const).sort((a, b) => a[0] - b[0]);
+      assert.ok(counts.every(([, c], i) => i === 0 || c >= counts[i - 1]![1]), `${name}: buckets are cumulative`);
+      assert.equal(counts.at(-1)![0], Infinity, `${name}: last bucket +Inf`);
+      assert.equal(counts.at(-1)![1], afterM[`llmctl:${name}_count`], `${name}: +Inf bucket = _count`);
+    }
   });
 });
 
