@@ -158,6 +158,14 @@ describe('bad input: exit 2 with one line on stderr naming the file and the fiel
     );
   });
 
+  test('a bad flag value names the flag (a flag named like its setting needs no mapping); a required flag is named; the example config is the command\'s', async () => {
+    expectOneLine(await llmctl('serve', '--config', 'configs/serve.yaml', '--port', 'abc'), 'llmctl serve: --port: expected a number');
+    expectOneLine(await llmctl('serve', '--config', 'configs/serve.yaml', '--max-num-seqs', '0'), 'llmctl serve: --max-num-seqs 0: engine.max_num_seqs: must be > 0');
+    expectOneLine(await llmctl('eval', '--checkpoint', 'runs/x', '--tasks', 'arc_easy', '--limit', 'abc'), 'llmctl eval: --limit: expected a number');
+    expectOneLine(await llmctl('serve'), 'llmctl serve: --checkpoint is required (or checkpoint: in a --config file)');
+    expectOneLine(await llmctl('rm'), 'llmctl rm: --config is required: this command reads its settings from a YAML/JSON file (e.g. --config configs/rm.yaml); without one, base is missing');
+  });
+
   test('an out-of-range --set value is reported on the field it set', async () => {
     const cfg = writeConfig('ok.yaml', pretrainYaml(join(TMP, 'unused')));
     const r = await llmctl('pretrain', '--config', cfg, '--set', 'train.batch_size=-1', '--backend', 'wasm');

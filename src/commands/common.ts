@@ -29,8 +29,12 @@ export function loadStageConfig<S extends z.ZodType>(
   const flags: Record<string, string> = { 'train.seed': 'seed', 'sampling.seed': 'seed', ...o.flags };
   const labels: Record<string, string> = {};
   for (const [path, value] of Object.entries(extra)) {
-    const flag = flags[path];
-    if (value === undefined || !flag) continue;
+    if (value === undefined) continue;
+    // A flag named like the setting (max_num_seqs ← --max-num-seqs) needs no entry in o.flags.
+    const named = path.split('.').pop()!.replace(/_/g, '-');
+    const flag = flags[path] ?? (named in args ? named : undefined);
+    if (!flag) continue;
+    flags[path] = flag;
     if (typeof value === 'number' && Number.isNaN(value)) throw new ConfigError(`--${flag}: expected a number`);
     labels[path] = `--${flag} ${Array.isArray(value) ? value.map((v) => JSON.stringify(v)).join(' ') : JSON.stringify(value)}`;
   }
@@ -41,7 +45,8 @@ export function loadStageConfig<S extends z.ZodType>(
     if (!missing) throw err;
     const flag = flags[missing[1]!];
     if (flag) throw new ConfigError(`--${flag} is required (or ${missing[1]}: in a --config file)`);
-    const example = o.command ? `configs/${o.command}.yaml` : 'configs/pretrain.yaml';
+    const command = o.command ?? (args as { _?: unknown[] })._?.[0]; // yargs' positional: the subcommand's name
+    const example = `configs/${typeof command === 'string' ? command : 'pretrain'}.yaml`;
     throw new ConfigError(`--config is required: this command reads its settings from a YAML/JSON file (e.g. --config ${example}); without one, ${missing[1]} is missing`);
   }
 }

@@ -37,7 +37,7 @@ export const evalCommand: CommandModule<GlobalArgs, Args> = {
       num_fewshot: args['num-fewshot'], limit: args.limit, batch_size: args['batch-size'], log_samples: args['log-samples'], out: args.out,
       data_dir: args['data-dir'], 'paths.perplexity': args['ppl-file'], stride: args.stride,
       share_context: args['share-context'], contamination, 'humaneval.seed': args.seed,
-    });
+    }, { flags: { checkpoint: 'checkpoint' } });
     if (cfg.log_samples && !cfg.out) throw new InputError('--log-samples: needs --out (the samples are written beside the results file)');
     await startBackend(args);
     let out;

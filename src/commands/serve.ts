@@ -29,7 +29,7 @@ export const serveCommand: CommandModule<GlobalArgs, Args> = {
     const cfg = loadStageConfig(ServeConfigSchema, args, {
       checkpoint: args.checkpoint, host: args.host, port: args.port, api_key: args['api-key'], model_name: args['model-name'],
       'engine.max_num_seqs': args['max-num-seqs'], ...(args.lora ? { lora } : {}),
-    });
+    }, { flags: { checkpoint: 'checkpoint' } });
     await startBackend(args);
     const server = await startServer(cfg);
     const e = server.engine.cfg;
