@@ -404,14 +404,9 @@ function fusedBlock(p: Params, i: number, x: tf.Tensor2D, B: number, T: number, 
     const base = name.replace(/\.weight$/, '');
     if (p[`${base}.lora_A`]) return undefined; // adapters take the per-op path
   }
-  const shared = { H: c.n_head, inner: c.n_inner, eps: c.norm_eps, theta: c.rope_theta, llama: c.arch === 'llama' };
-  if (o.paged) {
-    const { tables, positions } = o.paged;
-    const attrs = { ...shared, KVH: c.n_kv_head, kpool: tables.k[i], vpool: tables.v[i], pos: positions, base: tables.base, slots: tables.slots };
-    return tf.engine().runKernel('LlmctlPagedBlock', { x, ...inputs }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
-  }
+  if (o.paged) return fused.pagedBlock(x, inputs, i, o.paged, c);
   const [kcache, vcache] = cacheLayer(o.cache!, i, B, c);
-  const attrs = { ...shared, T, pos0: o.cache!.length };
+  const attrs = { T, H: c.n_head, inner: c.n_inner, pos0: o.cache!.length, eps: c.norm_eps, theta: c.rope_theta, llama: c.arch === 'llama' };
   return tf.engine().runKernel('LlmctlBlock', { x, kcache, vcache, ...inputs }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 

@@ -340,12 +340,22 @@ export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, pos0: 
   return f(q, k, v) as tf.Tensor4D;
 }
 
+/** The paged kernels' attributes: heads, RoPE, this layer's pools and the step's tables (typed arrays the addon reads in place). */
+function pagedAttrs(layer: number, paged: PagedAttention, c: ModelConfig) {
+  const { tables, positions } = paged;
+  return { H: c.n_head, KVH: c.n_kv_head, theta: c.rope_theta, llama: c.arch === 'llama', kpool: tables.k[layer], vpool: tables.v[layer], pos: positions, base: tables.base, slots: tables.slots };
+}
+
 /**
  * Attention over the paged KV cache (inference only): q [N, H·hd], k/v [N, KVH·hd] straight from the
  * projections; RoPE (llama) at each token's position, the pool writes and the attention in one kernel.
  */
 export function pagedAttention(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, layer: number, paged: PagedAttention, c: ModelConfig): tf.Tensor2D {
-  const { tables, positions } = paged;
-  const attrs = { H: c.n_head, KVH: c.n_kv_head, theta: c.rope_theta, llama: c.arch === 'llama', kpool: tables.k[layer], vpool: tables.v[layer], pos: positions, base: tables.base, slots: tables.slots };
-  return tf.engine().runKernel('LlmctlPagedAttention', { q, k, v }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+  return tf.engine().runKernel('LlmctlPagedAttention', { q, k, v }, pagedAttrs(layer, paged, c) as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+/** A whole block (norms, projections, paged attention, MLP) over a serving step's tokens x [N, d]; weights named as BLOCK_WEIGHTS. */
+export function pagedBlock(x: tf.Tensor2D, weights: Record<string, tf.Tensor>, layer: number, paged: PagedAttention, c: ModelConfig): tf.Tensor2D {
+  const attrs = { ...pagedAttrs(layer, paged, c), inner: c.n_inner, eps: c.norm_eps };
+  return tf.engine().runKernel('LlmctlPagedBlock', { x, ...weights }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }

@@ -268,10 +268,12 @@ export class Engine {
     }));
     const logits = this.runner.run(run);
     let computed = 0;
+    const stepped = new Set<RequestState>(); // only these can have finished this step
     segs.forEach((s, i) => {
       computed += s.count;
       const req = s.seq.request;
       if (s.seq.finished || this.requests.get(req.id) !== req) return; // aborted by a callback during this step
+      stepped.add(req);
       this.scheduler.computed(s);
       const row = logits[i];
       if (!row) return;
@@ -279,7 +281,7 @@ export class Engine {
       const choices = req.forked ? [s.seq] : [s.seq, ...this.fork(req, s.seq)];
       for (const c of choices) this.sampleInto(c, row);
     });
-    for (const req of [...this.requests.values()]) if (req.unfinished === 0) this.complete(req);
+    for (const req of stepped) if (req.unfinished === 0 && this.requests.get(req.id) === req) this.complete(req);
     return computed;
   }
 

@@ -36,7 +36,11 @@ export class ModelRunner {
   run(segments: readonly RunSegment[]): (Float32Array | undefined)[] {
     const out: (Float32Array | undefined)[] = new Array(segments.length);
     const groups = new Map<string, number[]>();
-    segments.forEach((s, i) => groups.set(s.variant, [...(groups.get(s.variant) ?? []), i]));
+    segments.forEach((s, i) => {
+      const idx = groups.get(s.variant);
+      if (idx) idx.push(i);
+      else groups.set(s.variant, [i]);
+    });
     for (const [name, idx] of groups) {
       const variant = this.variants.get(name);
       if (!variant) throw new Error(`unknown model '${name}'`);

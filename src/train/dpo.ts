@@ -26,7 +26,7 @@ import { type AlignOptions, dataSummary, loadPreferenceData } from './rm.js';
 import { withOutputDir } from './sft.js';
 import { loadStageModel } from './stage-model.js';
 import type { BatchSource, TrainResult } from './trainer.js';
-import { train } from './trainer.js';
+import { stepMeans, train } from './trainer.js';
 
 export const REF_LOGPS_FILE = 'ref_logps.safetensors';
 
@@ -251,18 +251,14 @@ async function dpoRun(cfg: DpoConfig, o: AlignOptions, resumeDir: string | undef
       ref = refModel();
     }
     const resume = resumeDir ? loadTrainerState(resumeDir) : undefined;
-    const stepSums: Record<string, number> = {};
-    let micro = 0;
+    const means = stepMeans();
     const lossOpts: DpoLossOptions = {
       beta: cfg.dpo.beta,
       lossType: cfg.dpo.loss_type,
       labelSmoothing: cfg.dpo.label_smoothing,
       rpoAlpha: cfg.dpo.rpo_alpha,
       fwd: { ...model.fwd, training: true },
-      seen: (m) => {
-        for (const [k, v] of Object.entries(m)) stepSums[k] = (stepSums[k] ?? 0) + v;
-        micro += 1;
-      },
+      seen: means.add,
     };
     const pairs = preferenceBatchSource(data.train, cfg.train.batch_size, padId, cfg.train.seed, (resume?.state.step ?? 0) * cfg.train.grad_accum);
     const batches: BatchSource<DpoBatch> = {
@@ -277,12 +273,7 @@ async function dpoRun(cfg: DpoConfig, o: AlignOptions, resumeDir: string | undef
       outDir: cfg.out_dir,
       params: model.trainable,
       loss: (batch) => dpoBatchLoss(model.params, config, batch, lossOpts),
-      stepMetrics: () => {
-        const m = Object.fromEntries(Object.entries(stepSums).map(([k, v]) => [k, v / Math.max(micro, 1)]));
-        for (const k of Object.keys(stepSums)) delete stepSums[k];
-        micro = 0;
-        return m;
-      },
+      stepMetrics: means.take,
       batches,
       evaluate: data.val.length ? () => dpoEvaluate(model.params, config, data.val, ref, data.train.length, cfg.train.batch_size, cfg.train.eval_batches, padId, { ...lossOpts, seen: undefined }) : undefined,
       save: (payload) =>

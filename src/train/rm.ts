@@ -25,7 +25,7 @@ import type { Tokenizer } from '../tokenizer/index.js';
 import { log } from '../util/log.js';
 import { withOutputDir } from './sft.js';
 import { type StageModel, loadStageModel } from './stage-model.js';
-import { type TrainJob, type TrainResult, train } from './trainer.js';
+import { type TrainJob, type TrainResult, stepMeans, train } from './trainer.js';
 
 // ---------------------------------------------------------------------------------------------
 // Data (shared with dpo)
@@ -164,14 +164,11 @@ async function rmRun(cfg: RmConfig, o: AlignOptions, resumeDir: string | undefin
     const resume = resumeDir ? loadTrainerState(resumeDir) : undefined;
     const padId = tokenizer.padId;
     // Per-step batch accuracy for metrics.jsonl (read back inside the loss: the values exist already).
-    let acc = 0, n = 0;
+    const means = stepMeans();
     const lossOpts = {
       fwd: { ...model.fwd, training: true },
       centerRewardsCoefficient: cfg.reward.center_rewards_coefficient,
-      seen: (c: tf.Tensor1D, r: tf.Tensor1D) => {
-        acc += tf.tidy(() => tf.mean(tf.cast(tf.greater(c, r), 'float32')).dataSync()[0]!);
-        n += 1;
-      },
+      seen: (c: tf.Tensor1D, r: tf.Tensor1D) => means.add({ accuracy: tf.tidy(() => tf.mean(tf.cast(tf.greater(c, r), 'float32')).dataSync()[0]!) }),
     };
     log().info({ base: cfg.base, lora: Boolean(cfg.lora), trainable_params: model.trainableParams, resume: Boolean(resumeDir) }, 'rm');
     const result = await train<PreferenceBatch>({
@@ -179,11 +176,7 @@ async function rmRun(cfg: RmConfig, o: AlignOptions, resumeDir: string | undefin
       outDir: cfg.out_dir,
       params: model.trainable,
       loss: (batch) => rmLoss(model.params, config, batch, lossOpts),
-      stepMetrics: () => {
-        const m = { accuracy: acc / Math.max(n, 1) };
-        acc = n = 0;
-        return m;
-      },
+      stepMetrics: means.take,
       batches: preferenceBatchSource(data.train, cfg.train.batch_size, padId, cfg.train.seed, (resume?.state.step ?? 0) * cfg.train.grad_accum),
       evaluate: data.val.length ? () => rmEvaluate(model.params, config, data.val, cfg.train.batch_size, cfg.train.eval_batches, padId, model.fwd) : undefined,
       save: (payload) => model.save(cfg.out_dir, { stage: 'rm', stageConfig: cfg, parentDir: cfg.base, metrics: payload.metrics, trainer: payload, inputs }),

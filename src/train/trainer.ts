@@ -37,9 +37,9 @@ export interface TrainJob<B> {
   loss(batch: B): tf.Scalar;
   batches: BatchSource<B>;
   /**
-   * Extra figures of the step just taken (e.g. DPO's rewards/margins), averaged by the stage over the
-   * step's micro-batches; called once after every optimizer step and written to metrics.jsonl with the
-   * loss on logged steps.
+   * Extra figures of the step just taken (e.g. DPO's rewards/margins), averaged over the step's
+   * micro-batches (stepMeans); called once after every optimizer step and written to metrics.jsonl with
+   * the loss on logged steps.
    */
   stepMetrics?(): Record<string, number>;
   /** Held-out metrics, e.g. { val_loss, val_ppl }; called every eval_every steps and at the end. */
@@ -65,6 +65,27 @@ export interface TrainJob<B> {
    * (resumableDir does that, with the stage's --overwrite/--resume); see checkpoint/output.ts.
    */
   overwrite?: boolean;
+}
+
+/**
+ * Means over a step's micro-batches of what the loss reports beside it (accuracies, rewards): `add` from
+ * inside the loss, once per micro-batch; `take` as TrainJob.stepMetrics, which also starts the next step.
+ */
+export function stepMeans(): { add(values: Record<string, number>): void; take(): Record<string, number> } {
+  let sums: Record<string, number> = {};
+  let count = 0;
+  return {
+    add(values) {
+      for (const [k, v] of Object.entries(values)) sums[k] = (sums[k] ?? 0) + v;
+      count += 1;
+    },
+    take() {
+      const means = Object.fromEntries(Object.entries(sums).map(([k, v]) => [k, v / count]));
+      sums = {};
+      count = 0;
+      return means;
+    },
+  };
 }
 
 export interface TrainPayload {
