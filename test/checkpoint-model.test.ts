@@ -3,41 +3,32 @@
  * read ([out, in] linear weights, HF config aliases), manifest hashes and parents, shape errors that
  * name the tensor, and saves that fail without touching the previous checkpoint.
  */
-import { test, describe, after } from 'node:test';
+import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend } from '../src/backend/index.js';
 import { readManifest, verifyManifestFiles } from '../src/checkpoint/manifest.js';
 import { CONFIG_FILE, MODEL_FILE, disposeParams, loadCheckpoint, loadTrainerState, saveCheckpoint } from '../src/checkpoint/model.js';
 import { readSafetensors, writeSafetensors } from '../src/checkpoint/safetensors.js';
-import { type ModelConfig, type Params, forward, isLinearWeight, paramShapes, resolveModelConfig } from '../src/model/gpt.js';
+import { type ModelConfig, type Params, isLinearWeight, paramShapes, resolveModelConfig } from '../src/model/gpt.js';
 import { initParams } from '../src/model/init.js';
 import { Tokenizer } from '../src/tokenizer/index.js';
+import { forwardLogits, tempDirs } from './helpers.js';
 
 await initBackend('wasm');
 
-const TMP = mkdtempSync(join(tmpdir(), 'llmctl-ckpt-model-test-'));
-after(() => rmSync(TMP, { recursive: true, force: true }));
-let n = 0;
-const fresh = (name: string) => join(TMP, `${name}-${n++}`);
+const fresh = tempDirs('llmctl-ckpt-model-test-');
+const TMP = fresh.root;
 
 const TOKENIZER = Tokenizer.train(['to be or not to be, that is the question'], { vocabSize: 262 });
 const GPT2 = resolveModelConfig({ arch: 'gpt2', vocab_size: 262, n_ctx: 8, n_layer: 2, n_embd: 16, n_head: 2 });
 const LLAMA = resolveModelConfig({ arch: 'llama', vocab_size: 262, n_ctx: 8, n_layer: 2, n_embd: 16, n_head: 4, n_kv_head: 2, n_inner: 24, tie_embeddings: false });
 const TOKENS = [[3, 100, 261, 7, 42, 0, 255, 9], [1, 2, 3, 4, 5, 6, 7, 8]];
 
-function logits(p: Params, c: ModelConfig): Float32Array {
-  const input = tf.tensor2d(TOKENS, undefined, 'int32');
-  const { logits: l } = forward(p, c, input);
-  const out = Float32Array.from(l.dataSync());
-  input.dispose();
-  l.dispose();
-  return out;
-}
+const logits = (p: Params, c: ModelConfig) => forwardLogits(p, c, TOKENS);
 
 /** Save with this file's tokenizer and a fixed stage config. */
 function save(dir: string, c: ModelConfig, params: Params, extra: Partial<Parameters<typeof saveCheckpoint>[1]> = {}) {

@@ -5,37 +5,27 @@
  * must give the logits of our base + adapter. Also: a general (not block-diagonal) c_attn adapter from PEFT,
  * legacy adapter files, and where base_model_name_or_path resolves.
  */
-import { test, describe, after } from 'node:test';
+import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { initBackend } from '../src/backend/index.js';
 import { MODEL_FILE, disposeParams, loadCheckpoint, saveCheckpoint } from '../src/checkpoint/model.js';
 import { type TensorData, readSafetensors, toFloat32, writeSafetensors } from '../src/checkpoint/safetensors.js';
-import { type ModelConfig, type Params, forward, resolveModelConfig } from '../src/model/gpt.js';
+import { type ModelConfig, type Params, resolveModelConfig } from '../src/model/gpt.js';
 import { initParams } from '../src/model/init.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, type LoraConfig, applyAdapter, initLora, loadAdapter, loadForInference, loraScale, saveAdapter } from '../src/model/lora.js';
 import { Tokenizer } from '../src/tokenizer/index.js';
+import { forwardLogits, tempDirs } from './helpers.js';
 
 await initBackend('wasm');
 
-const TMP = mkdtempSync(join(tmpdir(), 'llmctl-hf-adapter-test-'));
-after(() => rmSync(TMP, { recursive: true, force: true }));
-let n = 0;
-const fresh = (name: string) => join(TMP, `${name}-${n++}`);
+const fresh = tempDirs('llmctl-hf-adapter-test-');
 const TOK = Tokenizer.train(['to be or not to be, that is the question'], { vocabSize: 262 });
 const IDS = [[5, 100, 261, 7, 42, 0, 255, 9]];
 
-function logits(p: Params, c: ModelConfig, scale?: number): Float32Array {
-  const x = tf.tensor2d(IDS, undefined, 'int32');
-  const { logits: l } = forward(p, c, x, scale === undefined ? {} : { loraScale: scale });
-  const out = Float32Array.from(l.dataSync());
-  x.dispose();
-  l.dispose();
-  return out;
-}
+const logits = (p: Params, c: ModelConfig, scale?: number) => forwardLogits(p, c, IDS, scale === undefined ? {} : { loraScale: scale });
 const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
 
 /** Random A and B (B is zero at init; a trained adapter is not). */

@@ -3,38 +3,28 @@
  * logits for both families, tied and untied, GQA, with and without biases (the GPT-2 options HF's GPT-2
  * cannot express included); the legacy layout written before still loads; config.json parsing of HF fields.
  */
-import { test, describe, after } from 'node:test';
+import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend } from '../src/backend/index.js';
 import { modelConfigFromJson } from '../src/checkpoint/hf-names.js';
 import { CONFIG_FILE, MODEL_FILE, disposeParams, loadCheckpoint, saveCheckpoint } from '../src/checkpoint/model.js';
 import { writeSafetensors } from '../src/checkpoint/safetensors.js';
-import { type ModelConfig, type Params, forward, isLinearWeight, resolveModelConfig } from '../src/model/gpt.js';
+import { type ModelConfig, type Params, isLinearWeight, resolveModelConfig } from '../src/model/gpt.js';
 import { initParams } from '../src/model/init.js';
 import { Tokenizer } from '../src/tokenizer/index.js';
+import { forwardLogits, tempDirs } from './helpers.js';
 
 await initBackend('wasm');
 
-const TMP = mkdtempSync(join(tmpdir(), 'llmctl-hf-ckpt-test-'));
-after(() => rmSync(TMP, { recursive: true, force: true }));
-let n = 0;
-const fresh = (name: string) => join(TMP, `${name}-${n++}`);
+const fresh = tempDirs('llmctl-hf-ckpt-test-');
 
 const TOKENIZER = Tokenizer.train(['to be or not to be, that is the question'], { vocabSize: 262 });
 const TOKENS = [[3, 100, 261, 7, 42, 0, 255, 9], [1, 2, 3, 4, 5, 6, 7, 8]];
 
-function logits(p: Params, c: ModelConfig): Float32Array {
-  const input = tf.tensor2d(TOKENS, undefined, 'int32');
-  const { logits: l } = forward(p, c, input);
-  const out = Float32Array.from(l.dataSync());
-  input.dispose();
-  l.dispose();
-  return out;
-}
+const logits = (p: Params, c: ModelConfig) => forwardLogits(p, c, TOKENS);
 
 /** Random everything (biases and norms too), so no mapping mistake hides behind a zero or a one. */
 function randomParams(c: ModelConfig, seed: number): Params {

@@ -7,17 +7,16 @@
  * from the CLI); tensor counts stay flat across generations.
  */
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../src/backend/index.js';
 import { MODEL_FILE, disposeParams, loadCheckpoint, saveCheckpoint } from '../src/checkpoint/model.js';
 import { readSafetensors, writeSafetensors } from '../src/checkpoint/safetensors.js';
 import { generate } from '../src/model/generate.js';
-import { type ModelConfig, type Params, forward, paramShapes, resolveModelConfig } from '../src/model/gpt.js';
+import { type ModelConfig, type Params, paramShapes, resolveModelConfig } from '../src/model/gpt.js';
 import { initParams } from '../src/model/init.js';
 import { type QuantizeSettings, calibrationSamples, captureInputs, perplexity, quantizeModel } from '../src/quant/quantize.js';
 import { dequantizeParams } from '../src/quant/tensors.js';
@@ -25,13 +24,11 @@ import { hfModuleName } from '../src/checkpoint/hf-names.js';
 import { Tokenizer } from '../src/tokenizer/index.js';
 import { Rng } from '../src/util/rng.js';
 import { REPO } from './paths.js';
+import { forwardLogits, tempDirs } from './helpers.js';
 
 await initBackend('wasm');
 
-const TMP = mkdtempSync(join(tmpdir(), 'llmctl-quant-test-'));
-after(() => rmSync(TMP, { recursive: true, force: true }));
-let n = 0;
-const fresh = (name: string) => join(TMP, `${name}-${n++}`);
+const fresh = tempDirs('llmctl-quant-test-');
 
 const TOKENIZER = Tokenizer.train(['to be or not to be, that is the question; whether tis nobler in the mind to suffer'], { vocabSize: 270 });
 // Llama with GQA and an MLP width (40) that is not a multiple of 8 or of the group size: padded words and a partial group.
@@ -45,14 +42,7 @@ function samples(seed: number, count: number, len: number): number[][] {
   return Array.from({ length: count }, () => Array.from({ length: len }, () => rng.nextInt(270)));
 }
 
-function logitsOf(p: Params, c: ModelConfig, ids: number[]): Float32Array {
-  const t = tf.tensor2d([ids], [1, ids.length], 'int32');
-  const { logits } = forward(p, c, t);
-  const v = logits.dataSync() as Float32Array;
-  t.dispose();
-  logits.dispose();
-  return Float32Array.from(v);
-}
+const logitsOf = (p: Params, c: ModelConfig, ids: number[]) => forwardLogits(p, c, [ids]);
 
 const CASES: Array<[string, ModelConfig, Partial<QuantizeSettings>]> = [
   ['int8 llama', LLAMA, { method: 'int8' }],
