@@ -130,6 +130,23 @@ static void parallel(task_fn fn, void *ctx, int want) {
 
 typedef void (*ukr_fn)(long kc, const float *A, const float *B, float *C, long ldc, int mr, int nr, float beta, const float *bias);
 
+/* The AVX-512 micro-kernels' ending: rows 0..mr-1 of a 6×32 tile (+ bias, + C when beta is 1) stored under the column masks. */
+__attribute__((target("avx512f,fma"), always_inline)) static inline void store_tile_avx512(float *C, long ldc, int mr, __mmask16 m0, __mmask16 m1, float beta,
+                                                                                        const float *bias, __m512 rows[MR][2]) {
+  __m512 bb0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+  __m512 bb1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+  for (int r = 0; r < mr; r++) {
+    float *cr = C + r * ldc;
+    __m512 v0 = _mm512_add_ps(rows[r][0], bb0), v1 = _mm512_add_ps(rows[r][1], bb1);
+    if (beta != 0.0f) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
+    }
+    _mm512_mask_storeu_ps(cr, m0, v0);
+    if (m1) _mm512_mask_storeu_ps(cr + 16, m1, v1);
+  }
+}
+
 __attribute__((target("avx512f,fma"))) static void ukr_avx512(long kc, const float *A, const float *B, float *C, long ldc, int mr, int nr, float beta, const float *bias) {
   __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m512 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
@@ -146,19 +163,8 @@ __attribute__((target("avx512f,fma"))) static void ukr_avx512(long kc, const flo
   }
   __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
   __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
-  __m512 bb0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
-  __m512 bb1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
   __m512 rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  for (int r = 0; r < mr; r++) {
-    float *cr = C + r * ldc;
-    __m512 v0 = _mm512_add_ps(rows[r][0], bb0), v1 = _mm512_add_ps(rows[r][1], bb1);
-    if (beta != 0.0f) {
-      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
-      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
-    }
-    _mm512_mask_storeu_ps(cr, m0, v0);
-    if (m1) _mm512_mask_storeu_ps(cr + 16, m1, v1);
-  }
+  store_tile_avx512(C, ldc, mr, m0, m1, beta, bias, rows);
 }
 
 __attribute__((target("avx2,fma"))) static void ukr_avx2(long kc, const float *A, const float *B, float *C, long ldc, int mr, int nr, float beta, const float *bias) {
@@ -231,19 +237,8 @@ __attribute__((target("avx512f,fma"))) static void ukr_avx512_direct(long kc, co
     a = _mm512_set1_ps(a4[k]); c40 = _mm512_fmadd_ps(a, b0, c40); c41 = _mm512_fmadd_ps(a, b1, c41);
     a = _mm512_set1_ps(a5[k]); c50 = _mm512_fmadd_ps(a, b0, c50); c51 = _mm512_fmadd_ps(a, b1, c51);
   }
-  __m512 bb0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
-  __m512 bb1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
   __m512 rows[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  for (int r = 0; r < mr; r++) {
-    float *cr = C + r * ldc;
-    __m512 v0 = _mm512_add_ps(rows[r][0], bb0), v1 = _mm512_add_ps(rows[r][1], bb1);
-    if (beta != 0.0f) {
-      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
-      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
-    }
-    _mm512_mask_storeu_ps(cr, m0, v0);
-    if (m1) _mm512_mask_storeu_ps(cr + 16, m1, v1);
-  }
+  store_tile_avx512(C, ldc, mr, m0, m1, beta, bias, rows);
 }
 
 /* One row (decoding a single sequence): the direct kernel's arithmetic for mr = 1, without five redundant rows
