@@ -6,7 +6,7 @@
  * The load generator: like vLLM's (aiohttp, its own SSE parsing), by default a lean node:http client that
  * splits the stream into events and JSON-parses each; `--client openai` streams through the official openai
  * client instead. On 2 cores the generator shares the CPU with the server, and the SDK's per-chunk cost
- * (~3x the lean client's) caps what a batched server can show: the server sits idle waiting for its reader.
+ * (more than the lean reader's) caps what a batched server can show: the server sits idle waiting for its reader.
  *
  *   node --import tsx bench/serve.ts [--checkpoint runs/pretrain] [--requests 64] [--rates 4,16,inf] [--reps 2]
  *                                    [--max-tokens 32] [--sweep 1,2,4,8,16,32] [--seed 0] [--client http|openai]
@@ -94,11 +94,7 @@ function oneRequestHttp(url: string, prompt: string, seed: number): Promise<Resu
   const body = JSON.stringify({ model: 'bench', prompt, max_tokens: MAX_TOKENS, temperature: 0.8, seed, stream: true, stream_options: { include_usage: true } });
   return new Promise((resolve) => {
     let ttft = 0, tokens = 0, buf = '', finished = false;
-    const fail = (err: Error) => {
-      if (!failureShown) console.error(`request failed: ${err.message}`);
-      failureShown = true;
-      resolve({ ok: false, ttft: 0, e2e: 0, tokens: 0 });
-    };
+    const fail = (err: Error) => resolve(failed(err));
     const req = http.request(`${url}/v1/completions`, { method: 'POST', agent, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) }, timeout: RUN_TIMEOUT_S * 1000 }, (res) => {
       if (res.statusCode !== 200) {
         res.resume();
@@ -129,8 +125,13 @@ function oneRequestHttp(url: string, prompt: string, seed: number): Promise<Resu
   });
 }
 
-async function oneRequest(client: OpenAI, prompt: string, seed: number): Promise<Result> {
-  if (CLIENT === 'http') return oneRequestHttp(client.baseURL.replace(/\/v1$/, ''), prompt, seed);
+const clients = new Map<string, OpenAI>();
+
+/** One streamed completion against the server at `url`, through the chosen client. */
+async function oneRequest(url: string, prompt: string, seed: number): Promise<Result> {
+  if (CLIENT === 'http') return oneRequestHttp(url, prompt, seed);
+  let client = clients.get(url);
+  if (!client) clients.set(url, (client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0, timeout: RUN_TIMEOUT_S * 1000 })));
   const t0 = performance.now();
   let ttft = 0, tokens = 0;
   try {
@@ -141,10 +142,15 @@ async function oneRequest(client: OpenAI, prompt: string, seed: number): Promise
     }
     return { ok: true, ttft: ttft / 1000, e2e: (performance.now() - t0) / 1000, tokens };
   } catch (err) {
-    if (!failureShown) console.error(`request failed: ${(err as Error).message}`);
-    failureShown = true;
-    return { ok: false, ttft: 0, e2e: 0, tokens: 0 };
+    return failed(err as Error);
   }
+}
+
+/** A failed request: the first failure is printed, every one is counted. */
+function failed(err: Error): Result {
+  if (!failureShown) console.error(`request failed: ${err.message}`);
+  failureShown = true;
+  return { ok: false, ttft: 0, e2e: 0, tokens: 0 };
 }
 
 const pct = (xs: number[], p: number) => {
@@ -163,13 +169,12 @@ async function serverCpu(url: string): Promise<number> {
 
 /** Send `ps` with Poisson arrivals (exponential gaps, mean 1/rate) and wait for all, bounded in time. */
 async function run(url: string, seqs: number, rate: number, ps: string[]): Promise<RunStats> {
-  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0, timeout: RUN_TIMEOUT_S * 1000 });
   const rng = new Rng(SEED + 7);
   const cpu0 = await serverCpu(url);
   const t0 = performance.now();
   const pending: Promise<Result>[] = [];
   for (let i = 0; i < ps.length; i++) {
-    pending.push(oneRequest(client, ps[i]!, i));
+    pending.push(oneRequest(url, ps[i]!, i));
     if (rate !== Infinity) await new Promise((r) => setTimeout(r, (-Math.log(1 - rng.nextFloat()) / rate) * 1000));
     if (performance.now() - t0 > RUN_TIMEOUT_S * 1000) break;
   }
@@ -240,10 +245,9 @@ for (const seqs of SWEEP) console.log(row(await withServer(seqs, (url) => run(ur
 console.log('\n## Single stream: server vs in-process generate (same prompts, one at a time)\n');
 const single = ps.slice(0, 8);
 const server = await withServer(16, async (url) => {
-  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0 });
-  await oneRequest(client, single[0]!, 0); // warm-up
+  await oneRequest(url, single[0]!, 0); // warm-up
   const rs: Result[] = [];
-  for (let i = 0; i < single.length; i++) rs.push(await oneRequest(client, single[i]!, i));
+  for (let i = 0; i < single.length; i++) rs.push(await oneRequest(url, single[i]!, i));
   return rs;
 });
 await initBackend('wasm');
