@@ -71,7 +71,7 @@ describe('llmctl eval', () => {
     ['malformed data file (file and line)', ['--checkpoint', CKPT, '--tasks', 'arc_easy', '--set', `paths.arc_easy=${join(FIX, 'gsm8k/test.jsonl')}`], /^llmctl eval: .*gsm8k\/test\.jsonl:1: field 'gold' is missing$|^llmctl eval: .*gsm8k\/test\.jsonl:1: field 'question' \(or question\.stem\) is missing$|^llmctl eval: .*gsm8k\/test\.jsonl:1: field 'choices' is missing$/],
     ['missing data file', ['--checkpoint', CKPT, '--tasks', 'gsm8k', '--data-dir', '/nonexistent'], /^llmctl eval: \/nonexistent\/gsm8k\/test\.jsonl: data file not found$/],
     ['checkpoint without a tokenizer', ['--checkpoint', NOTOK, '--tasks', 'arc_easy'], /^llmctl eval: .*notok\/tokenizer\.json: the checkpoint has no tokenizer; eval needs it to encode the prompts$/],
-    ['--limit 0', ['--checkpoint', CKPT, '--tasks', 'arc_easy', '--limit', '0'], /^llmctl eval: <config>: limit: must be >= 1$/],
+    ['--limit 0', ['--checkpoint', CKPT, '--tasks', 'arc_easy', '--limit', '0'], /^llmctl eval: --limit 0: limit: must be >= 1$/],
   ];
   for (const [what, args, message] of bad) {
     test(`bad input, one line and exit 2: ${what}`, async () => {
