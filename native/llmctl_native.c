@@ -1426,12 +1426,17 @@ static napi_value js_attention_grad(napi_env env, napi_callback_info info) {
   DONE
 }
 
+/* The 18 weight offsets of a block call (BLOCK_WEIGHTS in src/backend/native.ts), from argument `first` on. */
+static void read_block_weights(args_t *a, int first, block_weights *w) {
+  const float **slots[] = {&w->ln1w, &w->ln1b, &w->wq, &w->bq, &w->wk, &w->bk, &w->wv, &w->bv, &w->wo, &w->bo, &w->ln2w, &w->ln2b, &w->wg, &w->bg, &w->wu, &w->bu, &w->wd, &w->bd};
+  for (int i = 0; i < 18; i++) *slots[i] = fp(a, first + i);
+}
+
 /* block(heap, x, out, 18 weight offsets (−1 = none), kcache, vcache, B, T, d, H, KVH, hd, inner, cap, pos0, eps, theta, llama) */
 static napi_value js_block(napi_env env, napi_callback_info info) {
   ARGS(35)
   block_weights w;
-  const float **slots[] = {&w.ln1w, &w.ln1b, &w.wq, &w.bq, &w.wk, &w.bk, &w.wv, &w.bv, &w.wo, &w.bo, &w.ln2w, &w.ln2b, &w.wg, &w.bg, &w.wu, &w.bu, &w.wd, &w.bd};
-  for (int i = 0; i < 18; i++) *slots[i] = fp(&a, 3 + i);
+  read_block_weights(&a, 3, &w);
   w.kc = fp(&a, 21);
   w.vc = fp(&a, 22);
   if (a.ok)
@@ -1463,8 +1468,7 @@ static void read_tables(args_t *a, int i, paged_tables *pt) {
 static napi_value js_paged_block(napi_env env, napi_callback_info info) {
   ARGS(35)
   block_weights w;
-  const float **slots[] = {&w.ln1w, &w.ln1b, &w.wq, &w.bq, &w.wk, &w.bk, &w.wv, &w.bv, &w.wo, &w.bo, &w.ln2w, &w.ln2b, &w.wg, &w.bg, &w.wu, &w.bu, &w.wd, &w.bd};
-  for (int i = 0; i < 18; i++) *slots[i] = fp(&a, 3 + i);
+  read_block_weights(&a, 3, &w);
   w.kc = w.vc = NULL;
   paged_tables pt;
   read_tables(&a, 21, &pt);
